@@ -1,0 +1,23 @@
+# Image-captioning pipeline: demo/COCO data -> text prep -> grid + region features -> SAT and M² training
+# -> beam search -> pycocoevalcap scores -> results tables. One rule file per stage under workflow/rules/.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+rule all:
+    input:
+        TABLES,

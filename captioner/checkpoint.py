@@ -1,0 +1,150 @@
+"""Model registry, checkpoint files, and everything needed to run a trained model on store features."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from captioner.text import Vocabulary
+
+CHECKPOINT_FORMAT = "captioner-checkpoint-v1"
+
+# family -> (module, config class, model class); imported lazily so editing one model's file only
+# invalidates the rules that use that model (see workflow/rules/common.smk, code_hash)
+FAMILIES = {
+    "sat": ("captioner.models.sat", "SATConfig", "ShowAttendTell"),
+    "m2": ("captioner.models.m2", "M2Config", "MeshedMemoryTransformer"),
+}
+BASE_MODELS = ("sat_soft", "sat_hard", "m2_xe", "m2_scst")
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelName:
+    name: str
+    base: str
+    family: str  # sat | m2
+    variant: str  # soft | hard | xe | scst
+    blind: bool
+
+    @classmethod
+    def parse(cls, name: str) -> "ModelName":
+        base = name.removesuffix("_blind")
+        if base not in BASE_MODELS:
+            raise ValueError(f"unknown model {name!r}; expected one of {', '.join(BASE_MODELS)} "
+                             "optionally followed by _blind")
+        family, variant = base.split("_")
+        return cls(name=name, base=base, family=family, variant=variant, blind=name.endswith("_blind"))
+
+
+def model_module(family: str):
+    return importlib.import_module(FAMILIES[family][0])
+
+
+def build_model(family: str, config_dict: dict):
+    module = model_module(family)
+    config_cls = getattr(module, FAMILIES[family][1])
+    model_cls = getattr(module, FAMILIES[family][2])
+    known = {f.name for f in fields(config_cls)}
+    config = config_cls(**{k: v for k, v in config_dict.items() if k in known})
+    return model_cls(config), config
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # truncated zip, wrong file type, pickle errors: all mean "not a checkpoint"
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a checkpoint written by this project (format {CHECKPOINT_FORMAT})")
+    return checkpoint
+
+
+@dataclass
+class FeatureNorm:
+    """Per-channel standardisation learnt on the training split (vital for random-init features)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def apply(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.mean) / self.std
+
+
+def compute_feature_norm(store, image_ids, max_images: int, seed: int) -> FeatureNorm:
+    rng = np.random.default_rng(seed)
+    ids = list(image_ids)
+    if len(ids) > max_images:
+        ids = rng.choice(ids, size=max_images, replace=False).tolist()
+    total = None
+    total_sq = None
+    count = 0
+    for start in range(0, len(ids), 256):
+        data = store.gather(ids[start:start + 256])
+        feats = data["features"].astype(np.float64)
+        if "num_boxes" in data:
+            valid = np.arange(feats.shape[1])[None, :] < data["num_boxes"][:, None]
+            rows = feats[valid]
+        else:
+            rows = feats.reshape(-1, feats.shape[-1])
+        total = rows.sum(0) if total is None else total + rows.sum(0)
+        total_sq = (rows ** 2).sum(0) if total_sq is None else total_sq + (rows ** 2).sum(0)
+        count += len(rows)
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean ** 2, 0.0)) + 1e-5
+    return FeatureNorm(torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32))
+
+
+def model_inputs(family: str, data: dict, norm: FeatureNorm, blind: bool, device) -> dict:
+    """Store arrays -> keyword arguments of the model's ``loss``/``decoder``."""
+    features = norm.apply(torch.from_numpy(data["features"]))
+    if "num_boxes" in data:  # zero the padded rows after standardisation
+        valid = torch.arange(features.shape[1])[None, :] < torch.from_numpy(data["num_boxes"]).long()[:, None]
+        features = features * valid[..., None]
+    if blind:
+        features = torch.zeros_like(features)
+    features = features.to(device, non_blocking=True)
+    if family == "m2":
+        num_boxes = torch.from_numpy(np.asarray(data.get("num_boxes", np.full(len(features), features.shape[1]))))
+        return {"features": features, "num_boxes": num_boxes.long().to(device)}
+    return {"features": features}
+
+
+@dataclass
+class InferenceBundle:
+    name: str
+    family: str
+    model: torch.nn.Module
+    vocab: Vocabulary
+    norm: FeatureNorm
+    blind: bool
+    epoch: int
+    collapse_repeats: bool
+    device: torch.device
+    checkpoint: dict
+
+    def inputs(self, data: dict) -> dict:
+        return model_inputs(self.family, data, self.norm, self.blind, self.device)
+
+
+def load_for_inference(path: str | Path, device) -> InferenceBundle:
+    checkpoint = load_checkpoint(path, "cpu")
+    model, _ = build_model(checkpoint["family"], checkpoint["model_config"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.to(device).eval()
+    norm = FeatureNorm(checkpoint["feature_norm"]["mean"], checkpoint["feature_norm"]["std"])
+    return InferenceBundle(
+        name=checkpoint["name"], family=checkpoint["family"], model=model, vocab=Vocabulary(checkpoint["vocab"]),
+        norm=norm, blind=checkpoint["blind"], epoch=checkpoint["epoch"],
+        collapse_repeats=bool(checkpoint["hparams"].get("collapse_repeats", False)), device=torch.device(device),
+        checkpoint=checkpoint)

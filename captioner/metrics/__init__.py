@@ -1,0 +1,1 @@
+"""Metrics the training loop computes itself (CIDEr-D for SCST rewards and model selection)."""

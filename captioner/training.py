@@ -1,0 +1,360 @@
+"""Training on cached features: cross-entropy (both models), REINFORCE for hard attention (inside the SAT
+loss), and self-critical sequence training for M² (``m2_scst``, started from the best ``m2_xe`` weights).
+
+Every epoch writes ``last.pt`` (model, optimiser, RNG states: enough to resume), a row of
+``metrics.csv`` and ``curve.png``; the epoch with the best validation CIDEr-D (from real greedy
+decodes, not teacher forcing) is copied to ``checkpoint.pt``. All files are written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from captioner import atomic
+from captioner.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, FeatureNorm, ModelName, build_model,
+                                  compute_feature_norm, load_checkpoint, model_inputs)
+from captioner.decoding import beam_search, greedy
+from captioner.karpathy import tokenize
+from captioner.metrics.cider import CiderD
+from captioner.text import Vocabulary, load_captions
+from features.store import FeatureStore
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+COMMON_DEFAULTS = {
+    "epochs": 10, "batch_size": 64, "lr": 2e-4, "grad_clip": 5.0, "patience": 5, "seed": 0,
+    "feature_norm_images": 5000, "val_max_length": 20, "collapse_repeats": False, "preload_features": True,
+}
+FAMILY_DEFAULTS = {
+    "sat": {"lr": 2e-4, "batch_size": 64},
+    "m2": {"lr": 1.0, "batch_size": 50, "warmup": 10000, "grad_clip": 0.0, "collapse_repeats": True,
+           "scst_lr": 5e-6, "scst_beam_size": 5, "scst_max_length": 20, "scst_batch_images": 10},
+}
+
+
+def merged_hparams(name: ModelName, hparams: dict) -> dict:
+    return {**COMMON_DEFAULTS, **FAMILY_DEFAULTS[name.family], **hparams}
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def noam_factor(step: int, d_model: int, warmup: int) -> float:
+    """The reference's warm-up schedule: d^-0.5 * min(s^-0.5, s * w^-1.5), s counted from 1."""
+    step = max(step, 1)
+    return d_model ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)
+
+
+class Trainer:
+    def __init__(self, name: str, features: str, captions: str, vocab: str, hparams: dict, out_dir: str,
+                 init: str | None = None, device: str = "auto"):
+        self.name = ModelName.parse(name)
+        self.hp = merged_hparams(self.name, hparams)
+        self.out_dir = Path(out_dir)
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if device == "auto" else device))
+        set_seed(int(self.hp["seed"]))
+        self.vocab = Vocabulary.load(vocab)
+        data = load_captions(captions)
+        self.train_images = data["splits"]["train"]
+        self.val_images = data["splits"]["val"]
+        if not self.train_images or not self.val_images:
+            raise TrainingError(f"{captions}: the train and val splits must not be empty")
+        self.store = FeatureStore(features, preload=bool(self.hp["preload_features"]))
+        expected_kind = "grid" if self.name.family == "sat" else "regions"
+        if self.store.kind != expected_kind:
+            raise TrainingError(f"{features}: {self.name.family} needs a {expected_kind} store, got {self.store.kind}")
+        # every id must be present before the first step, not discovered hours later
+        self.store.check_ids([i["image_id"] for i in self.train_images + self.val_images])
+
+        init_checkpoint = load_checkpoint(init) if init else None
+        if self.name.variant == "scst" and init_checkpoint is None:
+            raise TrainingError(f"{name} starts from a cross-entropy checkpoint: pass --init")
+        if init_checkpoint is not None:
+            self.norm = FeatureNorm(init_checkpoint["feature_norm"]["mean"], init_checkpoint["feature_norm"]["std"])
+            model_config = init_checkpoint["model_config"]
+        else:
+            self.norm = compute_feature_norm(self.store, [i["image_id"] for i in self.train_images],
+                                             int(self.hp["feature_norm_images"]), int(self.hp["seed"]))
+            model_config = {**self.hp.get("model", {}), "vocab_size": len(self.vocab),
+                            "feature_dim": self.store.feature_dim, "pad_id": self.vocab.pad_id,
+                            "bos_id": self.vocab.bos_id, "eos_id": self.vocab.eos_id}
+            if self.name.family == "sat":
+                model_config["attention"] = self.name.variant
+        self.model, self.model_config = build_model(self.name.family, model_config)
+        if init_checkpoint is not None:
+            self.model.load_state_dict(init_checkpoint["state_dict"])
+        self.model.to(self.device)
+        if self.name.variant == "scst":
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(self.hp["scst_lr"]))
+            train_refs = [[" ".join(tokenize(r)) for r in image["refs"]] for image in self.train_images]
+            self.reward_cider = CiderD(train_refs)  # document frequencies of the *training* references
+        elif self.name.family == "m2":
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(self.hp["lr"]), betas=(0.9, 0.98))
+        else:
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(self.hp["lr"]))
+        self.step = 0
+        self.epoch = 0
+        self.best = {"val_cider": -math.inf, "epoch": 0}
+        self.history: list[dict] = []
+        self.val_refs = [[" ".join(tokenize(r)) for r in image["refs"]] for image in self.val_images]
+        self.val_cider = CiderD(self.val_refs)  # corpus df of the val references, as pycocoevalcap
+        self._resume_if_possible()
+
+    # --------------------------------------------------------------------------------- bookkeeping
+    def _resume_if_possible(self) -> None:
+        last = self.out_dir / "last.pt"
+        if not last.exists():
+            return
+        try:
+            checkpoint = load_checkpoint(last)
+        except CheckpointError as error:
+            print(f"warning: ignoring unreadable {last}: {error}", file=sys.stderr)
+            return
+        if checkpoint.get("hparams") != self.hp or checkpoint.get("name") != self.name.name:
+            print(f"warning: {last} was written with other settings; starting afresh", file=sys.stderr)
+            return
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.step, self.epoch = checkpoint["step"], checkpoint["epoch"]
+        self.best, self.history = checkpoint["best"], checkpoint["history"]
+        rng = checkpoint["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        print(f"resuming {self.name.name} from {last} after epoch {self.epoch}", file=sys.stderr)
+
+    def _checkpoint(self, with_optimizer: bool) -> dict:
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT, "name": self.name.name, "family": self.name.family,
+            "blind": self.name.blind, "model_config": asdict(self.model_config),
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "vocab": self.vocab.itos, "feature_norm": {"mean": self.norm.mean, "std": self.norm.std},
+            "features": {"kind": self.store.kind, "extractor": self.store.meta.get("extractor"),
+                         "weights": self.store.meta.get("weights_record")},
+            "hparams": self.hp, "epoch": self.epoch, "step": self.step, "best": self.best,
+            "history": self.history,
+        }
+        if with_optimizer:
+            checkpoint["optimizer"] = self.optimizer.state_dict()
+            checkpoint["rng"] = rng_state()
+        return checkpoint
+
+    def _inputs(self, image_ids) -> dict:
+        return model_inputs(self.name.family, self.store.gather(image_ids), self.norm, self.name.blind, self.device)
+
+    # --------------------------------------------------------------------------------- epochs
+    def _xe_batches(self, generator: torch.Generator):
+        pairs = [(i, j) for i, image in enumerate(self.train_images) for j in range(len(image["captions"]))]
+        order = torch.randperm(len(pairs), generator=generator).tolist()
+        bs = int(self.hp["batch_size"])
+        for start in range(0, len(order) - bs + 1 if len(order) >= bs else 1, bs):
+            chosen = [pairs[k] for k in order[start:start + bs]]
+            yield chosen
+
+    def _pad(self, sequences: list[list[int]]) -> torch.Tensor:
+        width = max(len(s) for s in sequences)
+        out = torch.full((len(sequences), width), self.vocab.pad_id, dtype=torch.long)
+        for i, s in enumerate(sequences):
+            out[i, : len(s)] = torch.tensor(s)
+        return out.to(self.device)
+
+    def _lr_for_step(self) -> float | None:
+        if self.name.family == "m2" and self.name.variant == "xe":
+            return float(self.hp["lr"]) * noam_factor(self.step + 1, self.model_config.d_model, int(self.hp["warmup"]))
+        return None
+
+    def _apply_update(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise TrainingError(f"non-finite loss ({float(loss)}) at epoch {self.epoch + 1}, step {self.step + 1}; "
+                                f"the last good checkpoint is {self.out_dir / 'last.pt'}")
+        lr = self._lr_for_step()
+        if lr is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if float(self.hp["grad_clip"]) > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.hp["grad_clip"]))
+        self.optimizer.step()
+        self.step += 1
+
+    def train_epoch(self) -> dict:
+        self.model.train()
+        generator = torch.Generator().manual_seed(int(self.hp["seed"]) * 1000 + self.epoch)
+        totals = {"loss": 0.0, "batches": 0, "load_s": 0.0, "step_s": 0.0}
+        if self.name.variant == "scst":
+            batches = self._scst_batches(generator)
+        else:
+            batches = self._xe_batches(generator)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            if self.name.variant == "scst":
+                inputs = self._inputs([self.train_images[i]["image_id"] for i in batch])
+                t1 = time.perf_counter()
+                loss, extra = self._scst_loss(inputs, batch)
+            else:
+                inputs = self._inputs([self.train_images[i]["image_id"] for i, _ in batch])
+                captions = self._pad([self.train_images[i]["captions"][j] for i, j in batch])
+                t1 = time.perf_counter()
+                out = self.model.loss(captions=captions, **inputs)
+                loss, extra = out["loss"], {"nll_per_token": out["nll_per_token"]}
+            self._apply_update(loss)
+            t2 = time.perf_counter()
+            totals["loss"] += float(loss.detach())
+            totals["batches"] += 1
+            totals["load_s"] += t1 - t0
+            totals["step_s"] += t2 - t0
+            for key, value in extra.items():
+                totals[key] = totals.get(key, 0.0) + value
+        n = max(totals["batches"], 1)
+        result = {"train_loss": totals["loss"] / n, "loader_share": totals["load_s"] / max(totals["step_s"], 1e-9),
+                  "epoch_s": totals["step_s"]}
+        for key in ("nll_per_token", "reward"):
+            if key in totals:
+                result[f"train_{key}"] = totals[key] / n
+        return result
+
+    def _scst_batches(self, generator):
+        order = torch.randperm(len(self.train_images), generator=generator).tolist()
+        bs = int(self.hp["scst_batch_images"])
+        for start in range(0, len(order), bs):
+            yield order[start:start + bs]
+
+    def _scst_loss(self, inputs: dict, image_indices: list[int]):
+        k = int(self.hp["scst_beam_size"])
+        state, step = self.model.decoder(**inputs)
+        result = beam_search(state, step, len(image_indices), k, int(self.hp["scst_max_length"]), self.vocab.bos_id,
+                             self.vocab.eos_id, self.vocab.pad_id, n_best=k, stop_when_done=False)
+        hyps, refs = [], []
+        for b, i in enumerate(image_indices):
+            image_refs = [" ".join(tokenize(r)) for r in self.train_images[i]["refs"]]
+            for beam in range(k):
+                hyps.append(self.vocab.decode(result.tokens[b, beam].tolist()))
+                refs.append(image_refs)
+        rewards = torch.tensor(self.reward_cider.score(hyps, refs), dtype=torch.float32,
+                               device=self.device).view(len(image_indices), k)
+        baseline = rewards.mean(dim=1, keepdim=True)
+        mean_logprob = result.token_logprobs.mean(dim=-1)  # over all steps, as the reference
+        loss = -((rewards - baseline) * mean_logprob).mean()
+        return loss, {"reward": float(rewards.mean())}
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        self.model.eval()
+        hyps = []
+        ids = [image["image_id"] for image in self.val_images]
+        for start in range(0, len(ids), 100):
+            state, step = self.model.decoder(**self._inputs(ids[start:start + 100]))
+            tokens = greedy(state, step, int(self.hp["val_max_length"]), self.vocab.bos_id, self.vocab.eos_id,
+                            self.vocab.pad_id)
+            hyps += [self.vocab.decode(row.tolist()) for row in tokens]
+        cider = float(self.val_cider.score(hyps, self.val_refs).mean())
+        return {"val_cider": cider, "val_sample": hyps[0]}
+
+    def run(self) -> Path:
+        epochs = int(self.hp["scst_epochs"] if self.name.variant == "scst" else self.hp["epochs"])
+        patience = int(self.hp["patience"])
+        if self.name.variant == "scst" and self.epoch == 0 and not self.history:
+            # the XE weights are the starting point and the bar SCST has to beat
+            start = self.validate()
+            self.best = {"val_cider": start["val_cider"], "epoch": 0}
+            self._save(best=True)
+            self.history.append({"epoch": 0, **start, "stage": "init"})
+        while self.epoch < epochs:
+            if self.epoch - self.best["epoch"] >= patience and self.epoch > 0:
+                print(f"early stop: no val CIDEr-D gain for {patience} epochs", file=sys.stderr)
+                break
+            stats = self.train_epoch()
+            self.epoch += 1
+            val = self.validate()
+            row = {"epoch": self.epoch, "step": self.step, **stats, **val,
+                   "stage": "scst" if self.name.variant == "scst" else "xe"}
+            self.history.append(row)
+            improved = val["val_cider"] >= self.best["val_cider"]
+            if improved:
+                self.best = {"val_cider": val["val_cider"], "epoch": self.epoch}
+            self._save(best=improved)
+            print(f"{self.name.name} epoch {self.epoch}: loss {stats['train_loss']:.3f} val CIDEr-D "
+                  f"{val['val_cider']:.3f} ({stats['epoch_s']:.0f} s, loader {100 * stats['loader_share']:.0f}%) "
+                  f"e.g. {val['val_sample']!r}", file=sys.stderr)
+        if not (self.out_dir / "checkpoint.pt").exists():
+            self._save(best=True)
+        return self.out_dir / "checkpoint.pt"
+
+    def _save(self, best: bool) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic.save_torch(self.out_dir / "last.pt", self._checkpoint(with_optimizer=True))
+        if best:
+            atomic.save_torch(self.out_dir / "checkpoint.pt", self._checkpoint(with_optimizer=False))
+        write_metrics(self.history, self.out_dir / "metrics.csv", self.out_dir / "curve.png", self.name.name)
+
+
+def write_metrics(history: list[dict], csv_path: Path, png_path: Path, title: str) -> None:
+    columns = []
+    for row in history:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic.write_text(csv_path, buffer.getvalue())
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, left = plt.subplots(figsize=(6, 3.5))
+    epochs = [r["epoch"] for r in history if "train_loss" in r]
+    left.plot(epochs, [r["train_loss"] for r in history if "train_loss" in r], "o-", color="tab:blue")
+    left.set_xlabel("epoch")
+    left.set_ylabel("training loss", color="tab:blue")
+    right = left.twinx()
+    right.plot([r["epoch"] for r in history], [r["val_cider"] for r in history], "s-", color="tab:red")
+    right.set_ylabel("val CIDEr-D (greedy)", color="tab:red")
+    left.set_title(title)
+    fig.tight_layout()
+    with atomic.atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def train_from_cli(args) -> None:
+    torch.set_num_threads(args.threads)
+    try:
+        hparams = json.loads(args.hparams)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--hparams is not valid JSON: {error}") from None
+    trainer = Trainer(args.model, args.features, args.captions, args.vocab, hparams, args.out_dir,
+                      init=args.init, device=args.device)
+    trainer.run()

@@ -1,0 +1,97 @@
+"""Command line: ``python -m features extract ...`` and ``python -m features verify STORE``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+
+def _extract(args) -> None:
+    import torch
+
+    from features.extract import ExtractorConfig, RunOptions, extract
+
+    torch.set_num_threads(args.threads)
+    config = ExtractorConfig(kind=args.kind, backbone=args.backbone, weights=args.weights,
+                             image_size=args.image_size, grid_size=args.grid_size, min_size=args.min_size,
+                             max_size=args.max_size, max_boxes=args.max_boxes, seed=args.seed)
+    options = RunOptions(batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
+                         dtype=args.dtype, compression=args.compression, on_error=args.on_error, limit=args.limit)
+    extract(args.karpathy_json, args.image_root, args.out, config, options, boxes_json=args.boxes)
+
+
+def _verify(args) -> int:
+    from captioner import karpathy
+    from features.store import FeatureStore, StoreError
+
+    try:
+        store = FeatureStore(args.store)
+    except StoreError as error:
+        print(f"FAIL {error}")
+        return 1
+    problems = []
+    data = store.gather(store.image_ids)
+    feats = data["features"]
+    bad = ~np.isfinite(feats.reshape(len(feats), -1)).all(axis=1)
+    if bad.any():
+        problems.append(f"non-finite values for image ids {store.image_ids[bad][:10].tolist()}")
+    if store.kind == "regions":
+        nb = data["num_boxes"]
+        out_of_range = (nb < 0) | (nb > store.rows_per_image)
+        if out_of_range.any():
+            problems.append(f"num_boxes out of range for ids {store.image_ids[out_of_range][:10].tolist()}")
+    if args.split_file:
+        wanted = {image.image_id for image in karpathy.load(args.split_file).images}
+        missing = sorted(wanted - set(store.image_ids.tolist()))
+        if missing:
+            problems.append(f"{len(missing)} ids of {args.split_file} missing from the store, e.g. {missing[:10]}")
+    print(f"{args.store}: {store.kind}, {len(store)} images, rows {store.rows_per_image} x dim {store.feature_dim}, "
+          f"dtype {store.meta.get('dtype')}, {len(store.meta.get('errors', []))} recorded errors")
+    for problem in problems:
+        print(f"FAIL {problem}")
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m features", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ext = sub.add_parser("extract", help="extract grid or region features into a store (.h5 or .zarr)")
+    ext.add_argument("--kind", choices=["grid", "regions"], required=True)
+    ext.add_argument("--karpathy-json", required=True)
+    ext.add_argument("--image-root", required=True)
+    ext.add_argument("--out", required=True)
+    ext.add_argument("--boxes", help="given-boxes JSON ({image_id: {boxes: [[x1,y1,x2,y2],...]}})")
+    ext.add_argument("--backbone", default="resnet101")
+    ext.add_argument("--weights", default="none")
+    ext.add_argument("--image-size", type=int, default=448)
+    ext.add_argument("--grid-size", type=int, default=14)
+    ext.add_argument("--min-size", type=int, default=600)
+    ext.add_argument("--max-size", type=int, default=1000)
+    ext.add_argument("--max-boxes", type=int, default=100)
+    ext.add_argument("--seed", type=int, default=0)
+    ext.add_argument("--batch-size", type=int, default=32)
+    ext.add_argument("--num-workers", type=int, default=2)
+    ext.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ext.add_argument("--device", default="auto")
+    ext.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    ext.add_argument("--compression", choices=["gzip", "lzf", "zstd"], default=None)
+    ext.add_argument("--on-error", choices=["fail", "skip"], default="fail")
+    ext.add_argument("--limit", type=int, default=None, help="only the first N images (smoke runs)")
+
+    ver = sub.add_parser("verify", help="check a store: shapes, NaN/Inf, num_boxes, missing ids")
+    ver.add_argument("store")
+    ver.add_argument("--split-file", help="Karpathy JSON whose ids must all be present")
+
+    args = parser.parse_args(argv)
+    from captioner.cli_errors import run_cleanly
+
+    if args.command == "extract":
+        return run_cleanly(_extract, args)
+    return run_cleanly(_verify, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

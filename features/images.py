@@ -1,0 +1,53 @@
+"""Image loading shared by the extractors: any PIL mode to RGB, EXIF orientation, clear errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageError(RuntimeError):
+    pass
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode fully (so truncation is caught here), apply EXIF orientation, convert to 8-bit RGB."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: file not found")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale to 8 bit
+                array = np.asarray(image, dtype=np.float32)
+                peak = array.max() if array.size else 1.0
+                image = Image.fromarray((array * (255.0 / max(peak, 1.0))).astype(np.uint8), "L")
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                rgba = image.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(background, rgba)
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"{path}: cannot decode image ({error})") from None
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """uint8 HWC -> float CHW normalised with ImageNet statistics."""
+    array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (array - mean) / std
+
+
+@dataclass
+class ImageItem:
+    image_id: int
+    path: Path

@@ -1,0 +1,81 @@
+# Shared paths and helpers. Jobs run the project code that sits beside this workflow (PYTHONPATH),
+# and each rule's params carry a fingerprint of that code (pitfall P5: Snakemake cannot see imports).
+import json
+import os
+from pathlib import Path
+
+from captioner.provenance import code_hash
+
+PROJECT_ROOT = Path(workflow.basedir)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(PROJECT_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
+
+RUN = f"results/{config['run']}"
+LOGS = f"{RUN}/logs"
+DEMO = config["dataset"]["source"] == "demo"
+STORE_SUFFIX = {"hdf5": ".h5", "zarr": ".zarr"}[config["features"]["format"]]
+MODELS = list(config["models"])
+SPLIT = config["evaluate"]["split"]
+TABLES = [f"{RUN}/tables/scores.csv", f"{RUN}/tables/scores.md"]
+
+if DEMO:
+    KARPATHY_JSON = f"{RUN}/dataset/dataset_coco.json"
+    IMAGE_ROOT = f"{RUN}/dataset"
+    BOXES_JSON = f"{RUN}/dataset/boxes.json"
+else:
+    KARPATHY_JSON = config["dataset"]["karpathy_json"]
+    IMAGE_ROOT = config["dataset"]["image_root"]
+    BOXES_JSON = config["features"]["regions"].get("boxes_json", "")
+
+
+def code(*modules):
+    return code_hash(PROJECT_ROOT, *modules)
+
+
+def store_output(kind):
+    path = f"{RUN}/features/{kind}{STORE_SUFFIX}"
+    return directory(path) if STORE_SUFFIX == ".zarr" else path
+
+
+def store_path(kind):
+    return f"{RUN}/features/{kind}{STORE_SUFFIX}"
+
+
+def family(model):
+    return "sat" if model.startswith("sat_") else "m2"
+
+
+def deep_merge(base, override):
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def hparams(model):
+    """Family defaults, then the base model's overrides, then the blind variant's own (blind = same recipe)."""
+    base = model.removesuffix("_blind")
+    merged = deep_merge(config[family(model)], config["models"].get(base) or {})
+    if model != base:
+        merged = deep_merge(merged, config["models"].get(model) or {})
+    return merged
+
+
+def json_arg(obj):
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def scst_parent(model):
+    """m2_scst starts from m2_xe's best weights (m2_scst_blind from m2_xe_blind)."""
+    return model.replace("m2_scst", "m2_xe")
+
+
+BUILDABLE_MODELS = sorted(set(MODELS) | {scst_parent(m) for m in MODELS})
+
+
+wildcard_constraints:
+    model="|".join(BUILDABLE_MODELS),

@@ -1,0 +1,41 @@
+# Stage 0: the dataset (generated demo, or the user's Karpathy COCO files) and text preparation.
+
+
+if DEMO:
+
+    rule demo_data:
+        output:
+            json=KARPATHY_JSON,
+            boxes=BOXES_JSON,
+            images=directory(f"{RUN}/dataset/images"),
+        params:
+            demo=config["dataset"]["demo"],
+            code=code("captioner.demo_data"),
+        log:
+            f"{LOGS}/demo_data.log",
+        conda:
+            "../../envs/data.yaml"
+        shell:
+            "python -m captioner demo-data --out {RUN}/dataset --seed {params.demo[seed]}"
+            " --num-train {params.demo[num_train]} --num-val {params.demo[num_val]}"
+            " --num-test {params.demo[num_test]} --num-restval {params.demo[num_restval]}"
+            " --image-size {params.demo[image_size]} 2> {log}"
+
+
+rule prepare_text:
+    input:
+        KARPATHY_JSON,
+    output:
+        vocab=f"{RUN}/text/vocab.json",
+        captions=f"{RUN}/text/captions.json",
+    params:
+        min_word_count=config["text"]["min_word_count"],
+        max_caption_length=config["text"]["max_caption_length"],
+        code=code("captioner.text"),
+    log:
+        f"{LOGS}/prepare_text.log",
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "python -m captioner prepare-text --karpathy-json {input} --out-dir {RUN}/text"
+        " --min-word-count {params.min_word_count} --max-caption-length {params.max_caption_length} 2> {log}"

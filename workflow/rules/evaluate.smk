@@ -1,0 +1,68 @@
+# Stage 3: beam-search the evaluation split, score with pycocoevalcap, write the results tables.
+
+EVALUATE = config["evaluate"]
+
+
+rule decode:
+    input:
+        checkpoint=f"{RUN}/models/{{model}}/checkpoint.pt",
+        features=lambda wc: store_path("grid" if family(wc.model) == "sat" else "regions"),
+        captions=f"{RUN}/text/captions.json",
+    output:
+        predictions=f"{RUN}/eval/{{model}}/predictions_{SPLIT}.json",
+        beams=f"{RUN}/eval/{{model}}/predictions_{SPLIT}_beams.json",
+    params:
+        beam_size=EVALUATE["beam_size"],
+        max_length=EVALUATE["max_length"],
+        batch_size=EVALUATE["batch_size"],
+        device=config["train"]["device"],
+        code=lambda wc: code("captioner.decoding", "captioner.checkpoint", f"captioner.models.{family(wc.model)}"),
+    threads: config["train"]["threads"]
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/decode/{{model}}.log",
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m captioner decode --checkpoint {input.checkpoint} --features {input.features}"
+        " --captions {input.captions} --split {SPLIT} --beam-size {params.beam_size}"
+        " --max-length {params.max_length} --batch-size {params.batch_size} --out {output.predictions}"
+        " --threads {threads} --device {params.device} 2> {log}"
+
+
+rule score:
+    input:
+        predictions=f"{RUN}/eval/{{model}}/predictions_{SPLIT}.json",
+        beams=f"{RUN}/eval/{{model}}/predictions_{SPLIT}_beams.json",
+        captions=f"{RUN}/text/captions.json",
+    output:
+        f"{RUN}/eval/{{model}}/scores_{SPLIT}.json",
+    params:
+        metrics=",".join(EVALUATE["metrics"]),
+        code=code("captioner.scoring"),
+    log:
+        f"{LOGS}/score/{{model}}.log",
+    conda:
+        "../../envs/evaluate.yaml"
+    shell:
+        "python -m captioner score --predictions {input.predictions} --captions {input.captions}"
+        " --split {SPLIT} --metrics {params.metrics} --out {output} 2> {log}"
+
+
+rule tables:
+    input:
+        expand(f"{RUN}/eval/{{model}}/scores_{SPLIT}.json", model=MODELS),
+    output:
+        csv=TABLES[0],
+        md=TABLES[1],
+    params:
+        title=f"Results: {config['run']}",
+        code=code("captioner.tables"),
+    log:
+        f"{LOGS}/tables.log",
+    conda:
+        "../../envs/evaluate.yaml"
+    shell:
+        "python -m captioner tables --scores {input} --out-csv {output.csv} --out-md {output.md}"
+        " --title {params.title:q} 2> {log}"

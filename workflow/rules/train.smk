@@ -1,0 +1,37 @@
+# Stage 2: train every configured model on the cached features. m2_scst continues from m2_xe's best weights.
+
+
+def train_inputs(wildcards):
+    inputs = {
+        "features": store_path("grid" if family(wildcards.model) == "sat" else "regions"),
+        "captions": f"{RUN}/text/captions.json",
+        "vocab": f"{RUN}/text/vocab.json",
+    }
+    if "m2_scst" in wildcards.model:
+        inputs["init"] = f"{RUN}/models/{scst_parent(wildcards.model)}/checkpoint.pt"
+    return inputs
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        checkpoint=f"{RUN}/models/{{model}}/checkpoint.pt",
+        metrics=f"{RUN}/models/{{model}}/metrics.csv",
+        curve=f"{RUN}/models/{{model}}/curve.png",
+    params:
+        hparams=lambda wc: json_arg(hparams(wc.model)),
+        init=lambda wc, input: f"--init {input.init}" if "init" in input.keys() else "",
+        device=config["train"]["device"],
+        code=lambda wc: code("captioner.training", f"captioner.models.{family(wc.model)}"),
+    threads: config["train"]["threads"]
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/train/{{model}}.log",
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m captioner train --model {wildcards.model} --features {input.features}"
+        " --captions {input.captions} --vocab {input.vocab} --hparams {params.hparams:q} {params.init}"
+        " --out-dir {RUN}/models/{wildcards.model} --threads {threads} --device {params.device} 2> {log}"

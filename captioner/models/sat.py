@@ -85,6 +85,7 @@ class ShowAttendTell(nn.Module):
         else:
             self.out_vocab = nn.Linear(c.hidden_dim, c.vocab_size)
         self.register_buffer("reinforce_baseline", torch.zeros(()))
+        self.register_buffer("reinforce_baseline_ready", torch.zeros((), dtype=torch.bool))
 
     # ---------------------------------------------------------------------------------- building blocks
     def encode(self, features: torch.Tensor) -> dict:
@@ -160,6 +161,9 @@ class ShowAttendTell(nn.Module):
         if sample:
             # REINFORCE on the attention locations, with the paper's moving-average baseline
             reward = sentence_logp.detach()
+            if not self.reinforce_baseline_ready:  # start the average at the first reward, not at 0
+                self.reinforce_baseline.fill_(reward.mean())
+                self.reinforce_baseline_ready.fill_(True)
             advantage = reward - self.reinforce_baseline
             log_p_s = (out["log_p_s"] * mask).sum(1)
             entropy = -(out["alphas"] * torch.log(out["alphas"].clamp_min(1e-12))).sum(-1)

@@ -1,15 +1,13 @@
 # Shared paths and helpers. Jobs run the project code that sits beside this workflow (PYTHONPATH),
 # and each rule's params carry a fingerprint of that code (pitfall P5: Snakemake cannot see imports).
 import json
-import os
 from pathlib import Path
 
 from captioner.provenance import code_hash
 
 PROJECT_ROOT = Path(workflow.basedir)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(PROJECT_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-)
+# (braces doubled: snakemake formats the prefix like a shell command)
+shell.prefix("export PYTHONPATH=" + str(PROJECT_ROOT) + "${{PYTHONPATH:+:$PYTHONPATH}}; ")
 
 RUN = f"results/{config['run']}"
 LOGS = f"{RUN}/logs"
@@ -63,6 +61,36 @@ def hparams(model):
     if model != base:
         merged = deep_merge(merged, config["models"].get(model) or {})
     return merged
+
+
+def parent_dir(name):
+    """params helper: the folder of one of the rule's outputs (the CLI writes several files there)."""
+    return lambda wildcards, output: str(Path(output[name]).parent)
+
+
+def image_inputs(wildcards=None):
+    # demo images are a rule output; a COCO image root is a fixed external folder (not tracked file by file)
+    return {"json": KARPATHY_JSON, "images": f"{RUN}/dataset/images"} if DEMO else {"json": KARPATHY_JSON}
+
+
+def extract_run_args():
+    f = config["features"]
+    return (
+        f"--batch-size {f['batch_size']} --num-workers {f['num_workers']} --device {f['device']}"
+        f" --dtype {f['dtype']} --on-error {f['on_error']}"
+        + (f" --compression {f['compression']}" if f["compression"] != "none" else "")
+    )
+
+
+def train_inputs(wildcards):
+    inputs = {
+        "features": store_path("grid" if family(wildcards.model) == "sat" else "regions"),
+        "captions": f"{RUN}/text/captions.json",
+        "vocab": f"{RUN}/text/vocab.json",
+    }
+    if "m2_scst" in wildcards.model:
+        inputs["init"] = f"{RUN}/models/{scst_parent(wildcards.model)}/checkpoint.pt"
+    return inputs
 
 
 def json_arg(obj):

@@ -10,13 +10,14 @@ if DEMO:
             images=directory(f"{RUN}/dataset/images"),
         params:
             demo=config["dataset"]["demo"],
+            out_dir=parent_dir("json"),
             code=code("captioner.demo_data"),
         log:
             f"{LOGS}/demo_data.log",
         conda:
             "../../envs/data.yaml"
         shell:
-            "python -m captioner demo-data --out {RUN}/dataset --seed {params.demo[seed]}"
+            "python -m captioner demo-data --out {params.out_dir} --seed {params.demo[seed]}"
             " --num-train {params.demo[num_train]} --num-val {params.demo[num_val]}"
             " --num-test {params.demo[num_test]} --num-restval {params.demo[num_restval]}"
             " --image-size {params.demo[image_size]} 2> {log}"
@@ -29,6 +30,7 @@ rule prepare_text:
         vocab=f"{RUN}/text/vocab.json",
         captions=f"{RUN}/text/captions.json",
     params:
+        out_dir=parent_dir("vocab"),
         min_word_count=config["text"]["min_word_count"],
         max_caption_length=config["text"]["max_caption_length"],
         code=code("captioner.text"),
@@ -37,5 +39,5 @@ rule prepare_text:
     conda:
         "../../envs/data.yaml"
     shell:
-        "python -m captioner prepare-text --karpathy-json {input} --out-dir {RUN}/text"
+        "python -m captioner prepare-text --karpathy-json {input} --out-dir {params.out_dir}"
         " --min-word-count {params.min_word_count} --max-caption-length {params.max_caption_length} 2> {log}"

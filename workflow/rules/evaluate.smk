@@ -12,6 +12,7 @@ rule decode:
         predictions=f"{RUN}/eval/{{model}}/predictions_{SPLIT}.json",
         beams=f"{RUN}/eval/{{model}}/predictions_{SPLIT}_beams.json",
     params:
+        split=SPLIT,
         beam_size=EVALUATE["beam_size"],
         max_length=EVALUATE["max_length"],
         batch_size=EVALUATE["batch_size"],
@@ -26,7 +27,7 @@ rule decode:
         "../../envs/train.yaml"
     shell:
         "python -m captioner decode --checkpoint {input.checkpoint} --features {input.features}"
-        " --captions {input.captions} --split {SPLIT} --beam-size {params.beam_size}"
+        " --captions {input.captions} --split {params.split} --beam-size {params.beam_size}"
         " --max-length {params.max_length} --batch-size {params.batch_size} --out {output.predictions}"
         " --threads {threads} --device {params.device} 2> {log}"
 
@@ -39,6 +40,7 @@ rule score:
     output:
         f"{RUN}/eval/{{model}}/scores_{SPLIT}.json",
     params:
+        split=SPLIT,
         metrics=",".join(EVALUATE["metrics"]),
         code=code("captioner.scoring"),
     log:
@@ -47,7 +49,7 @@ rule score:
         "../../envs/evaluate.yaml"
     shell:
         "python -m captioner score --predictions {input.predictions} --captions {input.captions}"
-        " --split {SPLIT} --metrics {params.metrics} --out {output} 2> {log}"
+        " --split {params.split} --metrics {params.metrics} --out {output} 2> {log}"
 
 
 rule tables:

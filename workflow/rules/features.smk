@@ -3,18 +3,6 @@
 FEATURES = config["features"]
 
 
-def image_inputs(wildcards=None):
-    # demo images are a rule output; a COCO image root is a fixed external folder (not tracked file by file)
-    return {"json": KARPATHY_JSON, "images": f"{RUN}/dataset/images"} if DEMO else {"json": KARPATHY_JSON}
-
-
-def common_extract_args():
-    f = FEATURES
-    return (f"--batch-size {f['batch_size']} --num-workers {f['num_workers']} --device {f['device']}"
-            f" --dtype {f['dtype']} --on-error {f['on_error']}"
-            + (f" --compression {f['compression']}" if f["compression"] != "none" else ""))
-
-
 rule extract_grid:
     input:
         unpack(image_inputs),
@@ -22,8 +10,8 @@ rule extract_grid:
         store_output("grid"),
     params:
         grid=FEATURES["grid"],
-        run=common_extract_args(),
-        root=IMAGE_ROOT,
+        run=extract_run_args(),
+        root=lambda wildcards: IMAGE_ROOT,
         code=code("features.extract"),
     threads: FEATURES["threads"]
     resources:
@@ -47,8 +35,8 @@ rule extract_regions:
         store_output("regions"),
     params:
         regions=FEATURES["regions"],
-        run=common_extract_args(),
-        root=IMAGE_ROOT,
+        run=extract_run_args(),
+        root=lambda wildcards: IMAGE_ROOT,
         code=code("features.extract"),
     threads: FEATURES["threads"]
     resources:

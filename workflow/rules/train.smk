@@ -1,17 +1,6 @@
 # Stage 2: train every configured model on the cached features. m2_scst continues from m2_xe's best weights.
 
 
-def train_inputs(wildcards):
-    inputs = {
-        "features": store_path("grid" if family(wildcards.model) == "sat" else "regions"),
-        "captions": f"{RUN}/text/captions.json",
-        "vocab": f"{RUN}/text/vocab.json",
-    }
-    if "m2_scst" in wildcards.model:
-        inputs["init"] = f"{RUN}/models/{scst_parent(wildcards.model)}/checkpoint.pt"
-    return inputs
-
-
 rule train:
     input:
         unpack(train_inputs),
@@ -22,6 +11,7 @@ rule train:
     params:
         hparams=lambda wc: json_arg(hparams(wc.model)),
         init=lambda wc, input: f"--init {input.init}" if "init" in input.keys() else "",
+        out_dir=parent_dir("checkpoint"),
         device=config["train"]["device"],
         code=lambda wc: code("captioner.training", f"captioner.models.{family(wc.model)}"),
     threads: config["train"]["threads"]
@@ -34,4 +24,4 @@ rule train:
     shell:
         "python -m captioner train --model {wildcards.model} --features {input.features}"
         " --captions {input.captions} --vocab {input.vocab} --hparams {params.hparams:q} {params.init}"
-        " --out-dir {RUN}/models/{wildcards.model} --threads {threads} --device {params.device} 2> {log}"
+        " --out-dir {params.out_dir} --threads {threads} --device {params.device} 2> {log}"

@@ -1,0 +1,40 @@
+# Two entry points: `make demo` (set up + run the DAG on the demo config) and `make test` (set up + run the tests).
+# Both create .venv when it is missing and reinstall only when pyproject.toml changed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed
+CORES ?= all
+PYTEST_ARGS ?=
+
+# jobs run `python -m captioner ...`: make sure that is the virtual environment's python
+export PATH := $(BIN):$(PATH)
+
+.PHONY: demo test setup check-java lint clean-demo
+
+demo: setup check-java
+	snakemake --cores $(CORES) --resources gpu=1
+
+test: setup check-java
+	python -m pytest $(PYTEST_ARGS)
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+check-java:
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "error: 'java' is not on PATH. pycocoevalcap's tokenizer and METEOR need a Java runtime (11 or 17):"; \
+	  echo "       Debian/Ubuntu: sudo apt-get install default-jre-headless   macOS: brew install openjdk"; \
+	  exit 1; }
+
+lint: setup
+	snakemake --lint
+
+clean-demo:
+	rm -rf results/demo

@@ -1,0 +1,30 @@
+import random
+
+import numpy as np
+from pycocoevalcap.cider.cider import Cider
+
+from captioner.metrics.cider import CiderD
+
+WORDS = "a an the dog cat man woman red blue small large sits runs on under next to left right of".split()
+
+
+def random_caption(rng):
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12)))
+
+
+def test_equals_pycocoevalcap_on_hundreds_of_captions():
+    rng = random.Random(0)
+    refs = {i: [random_caption(rng) for _ in range(rng.randint(1, 5))] for i in range(300)}
+    hyps = {i: [random_caption(rng) if i % 3 else refs[i][0]] for i in refs}
+    expected_mean, expected = Cider().compute_score(refs, hyps)
+    ours = CiderD(refs.values()).score([hyps[i][0] for i in refs], [refs[i] for i in refs])
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-6)
+    assert abs(ours.mean() - expected_mean) < 1e-6
+
+
+def test_fixed_document_frequencies_differ_from_batch_frequencies():
+    train = [["a dog runs", "the dog runs fast"], ["a cat sits"], ["a man sits on a bench"]] * 10
+    scorer = CiderD(train)
+    one = scorer.score(["a dog runs"], [["a dog runs", "a dog is running"]])
+    assert one[0] > 0  # a single image still gets a meaningful score with training-set idf
+    assert scorer.score(["a dog runs"], [["a dog runs"]])[0] > scorer.score(["a cat"], [["a dog runs"]])[0]

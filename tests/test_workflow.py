@@ -1,0 +1,160 @@
+"""The DAG end to end on the tiny config, and the stale-only rerun rules users rely on."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.workflow_helpers import TINY_CONFIG, clone_run, copy_workflow, planned_jobs, snakemake
+
+pytestmark = pytest.mark.slow
+
+RUN = "results/tiny"
+MODELS = ["sat_soft", "sat_hard", "m2_xe", "m2_scst", "sat_soft_blind"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """One complete run of the DAG on the tiny config; tests work on copies of it."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("tiny") / "project")
+    snakemake(workdir)
+    return workdir
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path) -> Path:
+    return clone_run(finished_run, tmp_path / "copy")
+
+
+def edit_config(workdir: Path, edit) -> None:
+    path = workdir / TINY_CONFIG
+    config = yaml.safe_load(path.read_text())
+    edit(config)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def test_full_run_writes_a_row_per_model(finished_run):
+    with open(finished_run / RUN / "tables/scores.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["model"] for r in rows] == MODELS
+    for row in rows:
+        for metric in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"):
+            assert 0.0 <= float(row[metric]) <= 100.0
+        assert row["beam_size"] == "2"
+    markdown = (finished_run / RUN / "tables/scores.md").read_text()
+    assert all(f"`{m}`" in markdown for m in MODELS)
+    predictions = json.loads((finished_run / RUN / "eval/m2_scst/predictions_test.json").read_text())
+    assert len(predictions) == 8 and {"image_id", "caption"} <= set(predictions[0])
+
+
+def test_second_run_does_nothing(run_copy):
+    result = snakemake(run_copy)
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_training_parameter_change_reruns_only_that_model(run_copy):
+    grid = run_copy / RUN / "features/grid.h5"
+    regions = run_copy / RUN / "features/regions.h5"
+    untouched = [grid, regions, run_copy / RUN / "models/sat_soft/checkpoint.pt",
+                 run_copy / RUN / "models/m2_xe/checkpoint.pt"]
+    before = {path: path.stat().st_mtime_ns for path in untouched}
+    retrained = run_copy / RUN / "models/sat_hard/checkpoint.pt"
+    retrained_before = retrained.stat().st_mtime_ns
+
+    edit_config(run_copy, lambda c: c["models"].__setitem__("sat_hard", {"lr": 0.002}))
+    assert planned_jobs(run_copy) == Counter(train=1, decode=1, score=1, tables=1, all=1)
+    snakemake(run_copy)
+    assert {path: path.stat().st_mtime_ns for path in untouched} == before
+    assert retrained.stat().st_mtime_ns != retrained_before
+
+
+def test_feature_parameter_change_reruns_extraction_and_everything_after(run_copy):
+    edit_config(run_copy, lambda c: c["features"]["grid"].__setitem__("grid_size", 3))
+    sat_models = sum(m.startswith("sat") for m in MODELS)
+    assert planned_jobs(run_copy) == Counter(extract_grid=1, train=sat_models, decode=sat_models,
+                                             score=sat_models, tables=1, all=1)
+
+
+def test_editing_an_imported_module_reruns_its_rules(run_copy):
+    module = run_copy / "captioner/models/m2.py"
+    source = module.read_text()
+    module.write_text(source + "\n# a comment changes nothing\n")
+    assert planned_jobs(run_copy) == Counter()
+
+    module.write_text(source + "\n\ndef _new_helper():\n    return 1\n")
+    m2_models = sum(m.startswith("m2") for m in MODELS)
+    assert planned_jobs(run_copy) == Counter(train=m2_models, decode=m2_models, score=m2_models, tables=1, all=1)
+
+    module.write_text(source)
+    store = run_copy / "features/store.py"  # imported by the extractors *and* training/decoding
+    store.write_text(store.read_text() + "\n\nSTORE_FORMAT_VERSION = 1\n")
+    planned = planned_jobs(run_copy)
+    assert planned["extract_grid"] == planned["extract_regions"] == 1
+    assert planned["train"] == len(MODELS)
+
+
+def test_input_content_change_reruns_its_consumers(run_copy):
+    dataset = run_copy / RUN / "dataset/dataset_coco.json"
+    original = dataset.read_text()
+    dataset.touch()  # same content: small files are compared by checksum, so nothing reruns
+    assert planned_jobs(run_copy) == Counter()
+
+    data = json.loads(original)
+    data["images"][0]["sentences"][0]["raw"] = "A completely new caption."
+    data["images"][0]["sentences"][0]["tokens"] = ["a", "completely", "new", "caption"]
+    dataset.write_text(json.dumps(data))
+    planned = planned_jobs(run_copy)
+    assert "demo_data" not in planned
+    assert planned["prepare_text"] == 1
+    assert planned["extract_grid"] == planned["extract_regions"] == 1
+    assert planned["train"] == len(MODELS) and planned["tables"] == 1
+
+
+def test_karpathy_source_dag(tmp_path):
+    """A user's own Karpathy JSON + image root: no demo rule, the rest of the DAG unchanged."""
+    from captioner.demo_data import generate
+
+    workdir = copy_workflow(tmp_path / "project")
+    generate(tmp_path / "coco", seed=3, num_train=6, num_val=2, num_test=2)
+    config = yaml.safe_load((workdir / TINY_CONFIG).read_text())
+    config["dataset"] = {"source": "karpathy", "karpathy_json": str(tmp_path / "coco/dataset_coco.json"),
+                         "image_root": str(tmp_path / "coco")}
+    config["features"]["regions"]["boxes_json"] = str(tmp_path / "coco/boxes.json")
+    (workdir / "coco.yaml").write_text(yaml.safe_dump(config))
+    planned = planned_jobs(workdir, configfile="coco.yaml")
+    assert "demo_data" not in planned
+    assert planned["prepare_text"] == planned["extract_grid"] == planned["extract_regions"] == 1
+    assert planned["train"] == len(MODELS)
+
+
+def test_lint_passes():
+    from tests.workflow_helpers import PROJECT
+
+    result = snakemake(PROJECT, "--lint", configfile="config/config.yaml", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (lambda c: c["evaluate"].__setitem__("beem_size", 5), "beem_size"),
+        (lambda c: c["evaluate"].__setitem__("beam_size", -1), "beam_size"),
+        (lambda c: c["text"].__setitem__("min_word_count", "five"), "min_word_count"),
+        (lambda c: c["models"].__setitem__("lstm_plain", {}), "lstm_plain"),
+        (lambda c: c["features"]["grid"].__setitem__("backbone", "vgg16"), "backbone"),
+    ],
+    ids=["unknown-key", "negative-beam", "wrong-type", "unknown-model", "bad-enum"],
+)
+def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, edit, named):
+    workdir = copy_workflow(tmp_path / "project")
+    edit_config(workdir, edit)
+    result = snakemake(workdir, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert named in output
+    assert not (workdir / RUN).exists(), "no job may run with an invalid config"

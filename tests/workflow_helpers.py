@@ -1,0 +1,71 @@
+"""Drive the real ``snakemake`` CLI on a private copy of the workflow (code included)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+WORKFLOW_ITEMS = ("Snakefile", "workflow", "config", "envs", "captioner", "features", "tests/configs")
+TINY_CONFIG = "tests/configs/tiny.yaml"
+
+
+def copy_workflow(dest: Path) -> Path:
+    """Copy the workflow and the project code it runs (jobs import the copy, see common.smk)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for item in WORKFLOW_ITEMS:
+        source = PROJECT / item
+        target = dest / item
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=ignore, dirs_exist_ok=True)
+        else:
+            shutil.copy2(source, target)
+    return dest
+
+
+def clone_run(source: Path, dest: Path) -> Path:
+    """Copy a finished run (results and .snakemake metadata, mtimes preserved)."""
+    shutil.copytree(source, dest, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "locks"))
+    return dest
+
+
+def environment() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def snakemake(workdir: Path, *args: str, configfile: str = TINY_CONFIG, check: bool = True,
+              timeout: int = 900) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--resources", "gpu=1", "--configfile", configfile,
+               *args]
+    result = subprocess.run(command, cwd=workdir, env=environment(), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
+                             f"{result.stderr[-4000:]}")
+    return result
+
+
+def planned_jobs(workdir: Path, *args: str, configfile: str = TINY_CONFIG) -> Counter:
+    """Jobs a dry run would execute, from its "Job stats" table (empty when nothing is to be done)."""
+    result = snakemake(workdir, "-n", *args, configfile=configfile)
+    output = result.stdout + result.stderr
+    if "Nothing to be done" in output:
+        return Counter()
+    table = output.split("Job stats:", 1)[1]
+    jobs = Counter()
+    for line in table.splitlines()[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        if match.group(1) != "total":
+            jobs[match.group(1)] = int(match.group(2))
+    return jobs

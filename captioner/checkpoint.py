@@ -140,7 +140,11 @@ class InferenceBundle:
 def load_for_inference(path: str | Path, device) -> InferenceBundle:
     checkpoint = load_checkpoint(path, "cpu")
     model, _ = build_model(checkpoint["family"], checkpoint["model_config"])
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: its weights do not fit this version's {checkpoint['family']} model "
+                              f"(retrain it): {str(error).splitlines()[-1].strip()}") from None
     model.to(device).eval()
     norm = FeatureNorm(checkpoint["feature_norm"]["mean"], checkpoint["feature_norm"]["std"])
     return InferenceBundle(

@@ -171,12 +171,12 @@ class Trainer:
 
     # --------------------------------------------------------------------------------- epochs
     def _xe_batches(self, generator: torch.Generator):
+        """(image, caption) pairs in a seeded random order; the last partial batch is dropped."""
         pairs = [(i, j) for i, image in enumerate(self.train_images) for j in range(len(image["captions"]))]
         order = torch.randperm(len(pairs), generator=generator).tolist()
-        bs = int(self.hp["batch_size"])
-        for start in range(0, len(order) - bs + 1 if len(order) >= bs else 1, bs):
-            chosen = [pairs[k] for k in order[start:start + bs]]
-            yield chosen
+        bs = min(int(self.hp["batch_size"]), len(order))
+        for start in range(0, len(order) - bs + 1, bs):
+            yield [pairs[k] for k in order[start:start + bs]]
 
     def _pad(self, sequences: list[list[int]]) -> torch.Tensor:
         width = max(len(s) for s in sequences)

@@ -1,0 +1,63 @@
+"""The bottom-up-attention box rule, batched over classes.
+
+BUTD keeps a region when, for some object class, it survives that class's NMS (IoU 0.3) with a class
+score of at least ``conf_thresh`` (0.2); the region's confidence is the best such score (``max_conf``).
+The number of regions is then clamped to [min_boxes, max_boxes] by ``max_conf``.
+
+The original code loops over 1,600 classes. Here all classes are suppressed at once: every class
+ranks the *same* RoIs, so one RoI x RoI IoU matrix serves all of them, and greedy NMS proceeds by rank
+position (at most #RoIs steps) over a (classes x RoIs) state, on whatever device the scores live on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchvision.ops import box_iou
+
+
+def per_class_nms_keep(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Greedy NMS for every class column of ``scores`` (R, C) over shared ``boxes`` (R, 4).
+
+    Returns a bool (R, C) mask: True where RoI r survives the NMS of class c. Equal to calling
+    ``torchvision.ops.nms(boxes, scores[:, c], iou_threshold)`` for each c.
+    """
+    num_rois, num_classes = scores.shape
+    if num_rois == 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    overlaps = box_iou(boxes, boxes) > iou_threshold  # (R, R), same for all classes
+    order = scores.t().argsort(dim=1, descending=True, stable=True)  # (C, R) RoIs by rank per class
+    suppressed = torch.zeros(num_classes, num_rois, dtype=torch.bool, device=scores.device)
+    keep = torch.zeros(num_classes, num_rois, dtype=torch.bool, device=scores.device)
+    classes = torch.arange(num_classes, device=scores.device)
+    for rank in range(num_rois):
+        current = order[:, rank]  # (C,) the RoI at this rank for each class
+        alive = ~suppressed[classes, current]
+        keep[classes, current] = alive
+        # an alive RoI suppresses every RoI overlapping it (itself included, it is already decided)
+        suppressed |= overlaps[current] & alive[:, None]
+    return keep.t()
+
+
+@dataclass
+class Selection:
+    index: torch.Tensor  # (K,) RoI indices, ordered by decreasing max_conf
+    class_id: torch.Tensor  # (K,) best surviving class (1-based over object classes; 0 = background)
+    score: torch.Tensor  # (K,) its score (max_conf)
+
+
+def select_boxes(boxes: torch.Tensor, class_scores: torch.Tensor, nms_thresh: float = 0.3,
+                 conf_thresh: float = 0.2, min_boxes: int = 10, max_boxes: int = 100) -> Selection:
+    """BUTD selection. ``class_scores``: (R, 1 + C) softmax scores with background in column 0."""
+    if min_boxes > max_boxes:
+        raise ValueError(f"min_boxes {min_boxes} > max_boxes {max_boxes}")
+    object_scores = class_scores[:, 1:]
+    keep = per_class_nms_keep(boxes, object_scores, nms_thresh)
+    surviving = torch.where(keep, object_scores, torch.zeros_like(object_scores))
+    max_conf, best = surviving.max(dim=1)
+    order = max_conf.argsort(descending=True, stable=True)
+    confident = int((max_conf >= conf_thresh).sum())
+    count = min(max(confident, min_boxes), max_boxes, len(order))
+    chosen = order[:count]
+    return Selection(index=chosen, class_id=best[chosen] + 1, score=max_conf[chosen])

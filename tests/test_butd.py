@@ -1,0 +1,45 @@
+import torch
+from torchvision.ops import nms
+
+from features.butd import per_class_nms_keep, select_boxes
+
+
+def random_rois(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * 200
+    wh = torch.rand(n, 2, generator=g) * 80 + 5
+    return torch.cat([xy, xy + wh], 1), g
+
+
+def test_batched_nms_equals_torchvision_per_class():
+    boxes, g = random_rois(120, 0)
+    scores = torch.rand(120, 37, generator=g)
+    keep = per_class_nms_keep(boxes, scores, 0.3)
+    for c in range(37):
+        expected = torch.zeros(120, dtype=torch.bool)
+        expected[nms(boxes, scores[:, c], 0.3)] = True
+        assert torch.equal(keep[:, c], expected), c
+
+
+def test_threshold_and_clamp():
+    boxes, g = random_rois(60, 1)
+    scores = torch.softmax(torch.randn(60, 31, generator=g) * 1.5, dim=1)
+    keep = per_class_nms_keep(boxes, scores[:, 1:], 0.3)
+    max_conf = torch.where(keep, scores[:, 1:], torch.zeros(())).max(1).values
+    confident = int((max_conf >= 0.2).sum())
+    assert 10 < confident < 40  # the clamps below are not trivially satisfied
+    assert len(select_boxes(boxes, scores, min_boxes=10, max_boxes=100).index) == confident
+    assert len(select_boxes(boxes, scores, min_boxes=confident + 5, max_boxes=100).index) == confident + 5
+    top = select_boxes(boxes, scores, min_boxes=1, max_boxes=7)
+    assert len(top.index) == 7
+    assert torch.all(top.score[:-1] >= top.score[1:])
+    assert torch.equal(top.score, max_conf.sort(descending=True).values[:7])
+
+
+def test_suppressed_duplicate_does_not_count():
+    boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 11], [50, 50, 60, 60]], dtype=torch.float32)
+    # class 1 scores the two overlapping boxes 0.9 and 0.8; the second is suppressed for that class
+    scores = torch.tensor([[0.1, 0.9, 0.0], [0.2, 0.8, 0.0], [0.7, 0.0, 0.3]])
+    selection = select_boxes(boxes, scores, conf_thresh=0.2, min_boxes=0, max_boxes=10)
+    assert selection.index.tolist() == [0, 2]
+    assert selection.class_id.tolist() == [1, 2]

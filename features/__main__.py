@@ -19,7 +19,22 @@ def _extract(args) -> None:
                              max_size=args.max_size, max_boxes=args.max_boxes, seed=args.seed)
     options = RunOptions(batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
                          dtype=args.dtype, compression=args.compression, on_error=args.on_error, limit=args.limit)
-    extract(args.karpathy_json, args.image_root, args.out, config, options, boxes_json=args.boxes)
+    extract(args.karpathy_json, args.image_root, args.out, config, options, boxes_json=args.boxes,
+            shard=args.shard, num_shards=args.num_shards)
+
+
+def _merge(args) -> None:
+    from features.store import merge_stores
+
+    merge_stores(args.shards, args.out)
+    print(f"merged {len(args.shards)} shards -> {args.out}", file=sys.stderr)
+
+
+def _import_m2(args) -> None:
+    from features.import_m2 import import_reference
+
+    stats = import_reference(args.source, args.out, args.karpathy_json, args.max_boxes, args.dtype)
+    print(f"imported {stats['images']} images -> {args.out}", file=sys.stderr)
 
 
 def _verify(args) -> int:
@@ -80,6 +95,19 @@ def main(argv: list[str] | None = None) -> int:
     ext.add_argument("--compression", choices=["gzip", "lzf", "zstd"], default=None)
     ext.add_argument("--on-error", choices=["fail", "skip"], default="fail")
     ext.add_argument("--limit", type=int, default=None, help="only the first N images (smoke runs)")
+    ext.add_argument("--shard", type=int, default=0, help="which contiguous slice of the images to extract")
+    ext.add_argument("--num-shards", type=int, default=1)
+
+    mer = sub.add_parser("merge", help="merge shard stores into one store")
+    mer.add_argument("--out", required=True)
+    mer.add_argument("shards", nargs="+")
+
+    imp = sub.add_parser("import-m2", help="import a coco_detections.hdf5 (M² reference layout) into a store")
+    imp.add_argument("source")
+    imp.add_argument("--out", required=True)
+    imp.add_argument("--karpathy-json", required=True, help="the images to import (every one must be present)")
+    imp.add_argument("--max-boxes", type=int, default=50)
+    imp.add_argument("--dtype", choices=["float16", "float32"], default="float16")
 
     ver = sub.add_parser("verify", help="check a store: shapes, NaN/Inf, num_boxes, missing ids")
     ver.add_argument("store")
@@ -88,9 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from captioner.cli_errors import run_cleanly
 
-    if args.command == "extract":
-        return run_cleanly(_extract, args)
-    return run_cleanly(_verify, args)
+    command = {"extract": _extract, "merge": _merge, "import-m2": _import_m2, "verify": _verify}[args.command]
+    return run_cleanly(command, args)
 
 
 if __name__ == "__main__":

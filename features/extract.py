@@ -206,15 +206,28 @@ def load_given_boxes(path: str | Path) -> dict[int, list]:
 
 
 # ------------------------------------------------------------------------------------------------- run
+def shard_slice(count: int, shard: int, num_shards: int) -> slice:
+    """Contiguous slice ``shard`` of ``num_shards`` near-equal slices of ``count`` items."""
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"shard {shard} is not in [0, {num_shards})")
+    size = -(-count // num_shards)
+    return slice(shard * size, min((shard + 1) * size, count))
+
+
 def extract(karpathy_json: str | Path, image_root: str | Path, out: str | Path, config: ExtractorConfig,
-            options: RunOptions, boxes_json: str | Path | None = None) -> dict:
-    """Extract features for every image of the split file into the store at ``out``."""
+            options: RunOptions, boxes_json: str | Path | None = None, shard: int = 0, num_shards: int = 1) -> dict:
+    """Extract features for every image of the split file (or of one shard of it) into the store at ``out``.
+
+    An interrupted run leaves a partial store beside ``out``; running the same command again extracts
+    only the images not yet written.
+    """
     started = time.time()
     dataset = karpathy.load(karpathy_json)
     image_root = Path(image_root)
     items = [(image.image_id, image_root / image.path) for image in dataset.images]
     if options.limit:
         items = items[: options.limit]
+    items = items[shard_slice(len(items), shard, num_shards)]
     boxes = None
     if config.kind == "regions":
         if boxes_json is None:
@@ -239,6 +252,8 @@ def extract(karpathy_json: str | Path, image_root: str | Path, out: str | Path, 
         "software": {"python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": torchvision.__version__, "numpy": np.__version__},
         "source": {"karpathy_json": str(karpathy_json), "image_root": str(image_root)},
+        "storage": {"dtype": options.dtype, "compression": options.compression},
+        "shard": {"index": shard, "count": num_shards},
     }
     writer = StoreWriter(out, config.kind, [i for i, _ in items], rows, feature_dim, options.dtype,
                          options.compression, meta)
@@ -254,9 +269,8 @@ def extract(karpathy_json: str | Path, image_root: str | Path, out: str | Path, 
                                                 file=sys.stderr, mininterval=5) as progress:
         for batch in loader:
             errors += batch["errors"]
-            if batch["errors"] and options.on_error == "fail":
-                break
-            if batch["image_ids"]:
+            failing = errors and options.on_error == "fail"  # keep decoding only to name every bad file
+            if batch["image_ids"] and not failing:
                 images = batch["images"].to(device, non_blocking=True)
                 if device.type == "cuda":
                     images = images.contiguous(memory_format=torch.channels_last)
@@ -283,6 +297,8 @@ def extract(karpathy_json: str | Path, image_root: str | Path, out: str | Path, 
     if errors:
         writer.record_errors(errors)
         writer.drop_rows(e["image_id"] for e in errors)
+        for error in errors:
+            print(f"skipped image {error['image_id']}: {error['reason']}", file=sys.stderr)
     writer.finalize()
     summary = {"done": done, "skipped_already_written": len(items) - len(todo), "failed": len(errors),
                "wall_s": round(time.time() - started, 1)}

@@ -76,7 +76,7 @@ def test_training_parameter_change_reruns_only_that_model(run_copy):
 def test_feature_parameter_change_reruns_extraction_and_everything_after(run_copy):
     edit_config(run_copy, lambda c: c["features"]["grid"].__setitem__("grid_size", 3))
     sat_models = sum(m.startswith("sat") for m in MODELS)
-    assert planned_jobs(run_copy) == Counter(extract_grid=1, train=sat_models, decode=sat_models,
+    assert planned_jobs(run_copy) == Counter(extract_features=1, train=sat_models, decode=sat_models,
                                              score=sat_models, tables=1, all=1)
 
 
@@ -94,7 +94,7 @@ def test_editing_an_imported_module_reruns_its_rules(run_copy):
     store = run_copy / "features/store.py"  # imported by the extractors *and* training/decoding
     store.write_text(store.read_text() + "\n\nSTORE_FORMAT_VERSION = 1\n")
     planned = planned_jobs(run_copy)
-    assert planned["extract_grid"] == planned["extract_regions"] == 1
+    assert planned["extract_features"] == 2
     assert planned["train"] == len(MODELS)
 
 
@@ -111,7 +111,7 @@ def test_input_content_change_reruns_its_consumers(run_copy):
     planned = planned_jobs(run_copy)
     assert "demo_data" not in planned
     assert planned["prepare_text"] == 1
-    assert planned["extract_grid"] == planned["extract_regions"] == 1
+    assert planned["extract_features"] == 2
     assert planned["train"] == len(MODELS) and planned["tables"] == 1
 
 
@@ -128,7 +128,7 @@ def test_karpathy_source_dag(tmp_path):
     (workdir / "coco.yaml").write_text(yaml.safe_dump(config))
     planned = planned_jobs(workdir, configfile="coco.yaml")
     assert "demo_data" not in planned
-    assert planned["prepare_text"] == planned["extract_grid"] == planned["extract_regions"] == 1
+    assert planned["prepare_text"] == 1 and planned["extract_features"] == 2
     assert planned["train"] == len(MODELS)
 
 

@@ -1,6 +1,7 @@
 # Shared paths and helpers. Jobs run the project code that sits beside this workflow (PYTHONPATH),
 # and each rule's params carry a fingerprint of that code (pitfall P5: Snakemake cannot see imports).
 import json
+import shlex
 from pathlib import Path
 
 from captioner.provenance import code_hash
@@ -32,7 +33,7 @@ def code(*modules):
 
 
 def store_output(kind):
-    path = f"{RUN}/features/{kind}{STORE_SUFFIX}"
+    path = store_path(kind)
     return directory(path) if STORE_SUFFIX == ".zarr" else path
 
 
@@ -68,18 +69,37 @@ def parent_dir(name):
     return lambda wildcards, output: str(Path(output[name]).parent)
 
 
-def image_inputs(wildcards=None):
+def extract_inputs(wildcards):
     # demo images are a rule output; a COCO image root is a fixed external folder (not tracked file by file)
-    return {"json": KARPATHY_JSON, "images": f"{RUN}/dataset/images"} if DEMO else {"json": KARPATHY_JSON}
+    inputs = {"json": KARPATHY_JSON}
+    if DEMO:
+        inputs["images"] = f"{RUN}/dataset/images"
+    if wildcards.kind == "regions":
+        inputs["boxes"] = BOXES_JSON
+    return inputs
 
 
-def extract_run_args():
+def extract_args(kind):
+    """Command-line arguments of `python -m features extract` for one kind, from the config."""
     f = config["features"]
-    return (
-        f"--batch-size {f['batch_size']} --num-workers {f['num_workers']} --device {f['device']}"
+    k = f[kind]
+    args = (
+        f"--image-root {IMAGE_ROOT} --backbone {k['backbone']} --weights {shlex.quote(k['weights'])}"
+        f" --batch-size {f['batch_size']} --num-workers {f['num_workers']} --device {f['device']}"
         f" --dtype {f['dtype']} --on-error {f['on_error']}"
-        + (f" --compression {f['compression']}" if f["compression"] != "none" else "")
     )
+    if f["compression"] != "none":
+        args += f" --compression {f['compression']}"
+    if kind == "grid":
+        return args + f" --image-size {k['image_size']} --grid-size {k['grid_size']}"
+    return args + (
+        f" --boxes {BOXES_JSON} --min-size {k['min_size']} --max-size {k['max_size']}"
+        f" --max-boxes {k['max_boxes']}"
+    )
+
+
+def shard_path(kind, shard):
+    return f"{RUN}/features/shards/{kind}.{shard}-of-{config['features']['shards']}{STORE_SUFFIX}"
 
 
 def train_inputs(wildcards):

@@ -1,53 +1,68 @@
 # Stage 1: grid features (Show-Attend-Tell) and region features (M²) into chunked stores.
+# With features.shards = N > 1 each kind is extracted by N independent jobs (one GPU each, e.g. N SLURM
+# jobs at once) over disjoint slices of the images, then merged into the single store training reads.
 
-FEATURES = config["features"]
-
-
-rule extract_grid:
-    input:
-        unpack(image_inputs),
-    output:
-        store_output("grid"),
-    params:
-        grid=FEATURES["grid"],
-        run=extract_run_args(),
-        root=lambda wildcards: IMAGE_ROOT,
-        code=code("features.extract"),
-    threads: FEATURES["threads"]
-    resources:
-        gpu=1,
-    log:
-        f"{LOGS}/extract_grid.log",
-    conda:
-        "../../envs/features.yaml"
-    shell:
-        "python -m features extract --kind grid --karpathy-json {input.json} --image-root {params.root}"
-        " --out {output} --backbone {params.grid[backbone]} --weights {params.grid[weights]:q}"
-        " --image-size {params.grid[image_size]} --grid-size {params.grid[grid_size]}"
-        " --threads {threads} {params.run} 2> {log}"
+SHARDS = config["features"]["shards"]
 
 
-rule extract_regions:
-    input:
-        unpack(image_inputs),
-        boxes=BOXES_JSON,
-    output:
-        store_output("regions"),
-    params:
-        regions=FEATURES["regions"],
-        run=extract_run_args(),
-        root=lambda wildcards: IMAGE_ROOT,
-        code=code("features.extract"),
-    threads: FEATURES["threads"]
-    resources:
-        gpu=1,
-    log:
-        f"{LOGS}/extract_regions.log",
-    conda:
-        "../../envs/features.yaml"
-    shell:
-        "python -m features extract --kind regions --karpathy-json {input.json} --image-root {params.root}"
-        " --boxes {input.boxes} --out {output} --backbone {params.regions[backbone]}"
-        " --weights {params.regions[weights]:q} --min-size {params.regions[min_size]}"
-        " --max-size {params.regions[max_size]} --max-boxes {params.regions[max_boxes]}"
-        " --threads {threads} {params.run} 2> {log}"
+wildcard_constraints:
+    kind="grid|regions",
+    shard=r"\d+",
+
+
+if SHARDS == 1:
+
+    rule extract_features:
+        input:
+            unpack(extract_inputs),
+        output:
+            store_output("{kind}"),
+        params:
+            args=lambda wc: extract_args(wc.kind),
+            code=code("features.extract"),
+        threads: config["features"]["threads"]
+        resources:
+            gpu=1,
+        log:
+            f"{LOGS}/extract_features/{{kind}}.log",
+        conda:
+            "../../envs/features.yaml"
+        shell:
+            "python -m features extract --kind {wildcards.kind} --karpathy-json {input.json} --out {output}"
+            " {params.args} --threads {threads} 2> {log}"
+
+else:
+
+    rule extract_features:
+        input:
+            unpack(extract_inputs),
+        output:
+            shard_path("{kind}", "{shard}"),
+        params:
+            args=lambda wc: extract_args(wc.kind),
+            shards=SHARDS,
+            code=code("features.extract"),
+        threads: config["features"]["threads"]
+        resources:
+            gpu=1,
+        log:
+            f"{LOGS}/extract_features/{{kind}}.{{shard}}.log",
+        conda:
+            "../../envs/features.yaml"
+        shell:
+            "python -m features extract --kind {wildcards.kind} --karpathy-json {input.json} --out {output}"
+            " {params.args} --shard {wildcards.shard} --num-shards {params.shards} --threads {threads} 2> {log}"
+
+    rule merge_features:
+        input:
+            lambda wc: [shard_path(wc.kind, i) for i in range(SHARDS)],
+        output:
+            store_output("{kind}"),
+        params:
+            code=code("features.store"),
+        log:
+            f"{LOGS}/merge_features/{{kind}}.log",
+        conda:
+            "../../envs/features.yaml"
+        shell:
+            "python -m features merge --out {output} {input} 2> {log}"

@@ -16,7 +16,10 @@ def _extract(args) -> None:
     torch.set_num_threads(args.threads)
     config = ExtractorConfig(kind=args.kind, backbone=args.backbone, weights=args.weights,
                              image_size=args.image_size, grid_size=args.grid_size, min_size=args.min_size,
-                             max_size=args.max_size, max_boxes=args.max_boxes, seed=args.seed)
+                             max_size=args.max_size, max_boxes=args.max_boxes, seed=args.seed,
+                             boxes=args.box_source, min_boxes=args.min_boxes, conf_thresh=args.conf_thresh,
+                             nms_thresh=args.nms_thresh, pre_nms_top_n=args.pre_nms_top_n,
+                             post_nms_top_n=args.post_nms_top_n)
     options = RunOptions(batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
                          dtype=args.dtype, compression=args.compression, on_error=args.on_error, limit=args.limit)
     extract(args.karpathy_json, args.image_root, args.out, config, options, boxes_json=args.boxes,
@@ -86,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     ext.add_argument("--min-size", type=int, default=600)
     ext.add_argument("--max-size", type=int, default=1000)
     ext.add_argument("--max-boxes", type=int, default=100)
+    ext.add_argument("--box-source", choices=["given", "detector"], default="given",
+                     help="regions: pool --boxes, or detect with the bottom-up Faster R-CNN")
+    ext.add_argument("--min-boxes", type=int, default=10, help="detector: BUTD lower clamp")
+    ext.add_argument("--conf-thresh", type=float, default=0.2, help="detector: BUTD class-score threshold")
+    ext.add_argument("--nms-thresh", type=float, default=0.3, help="detector: BUTD per-class NMS IoU")
+    ext.add_argument("--pre-nms-top-n", type=int, default=6000, help="detector: RPN proposals before NMS")
+    ext.add_argument("--post-nms-top-n", type=int, default=300, help="detector: RPN proposals kept")
     ext.add_argument("--seed", type=int, default=0)
     ext.add_argument("--batch-size", type=int, default=32)
     ext.add_argument("--num-workers", type=int, default=2)

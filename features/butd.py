@@ -17,16 +17,36 @@ import torch
 from torchvision.ops import box_iou
 
 
-def per_class_nms_keep(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def legacy_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU with the Caffe/Detectron-v1 pixel convention: a box [x1, x2] is x2 - x1 + 1 pixels wide."""
+    area_a = (a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1)
+    area_b = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = (rb - lt + 1).clamp_min(0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+def overlap_matrix(boxes: torch.Tensor, iou_threshold: float, legacy: bool) -> torch.Tensor:
+    """Which pairs suppress each other: torchvision's rule (IoU > t) or BUTD's (+1 areas, IoU >= t)."""
+    if legacy:
+        return legacy_iou(boxes, boxes) >= iou_threshold
+    return box_iou(boxes, boxes) > iou_threshold
+
+
+def per_class_nms_keep(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
+                       legacy: bool = False) -> torch.Tensor:
     """Greedy NMS for every class column of ``scores`` (R, C) over shared ``boxes`` (R, 4).
 
-    Returns a bool (R, C) mask: True where RoI r survives the NMS of class c. Equal to calling
-    ``torchvision.ops.nms(boxes, scores[:, c], iou_threshold)`` for each c.
+    Returns a bool (R, C) mask: True where RoI r survives the NMS of class c. With ``legacy=False`` it
+    equals ``torchvision.ops.nms(boxes, scores[:, c], iou_threshold)`` for each c; ``legacy=True`` uses
+    the +1 pixel convention and ``>=`` of the Caffe/MILVLG extractors.
     """
     num_rois, num_classes = scores.shape
     if num_rois == 0:
         return torch.zeros_like(scores, dtype=torch.bool)
-    overlaps = box_iou(boxes, boxes) > iou_threshold  # (R, R), same for all classes
+    overlaps = overlap_matrix(boxes, iou_threshold, legacy)  # (R, R), same for all classes
     order = scores.t().argsort(dim=1, descending=True, stable=True)  # (C, R) RoIs by rank per class
     suppressed = torch.zeros(num_classes, num_rois, dtype=torch.bool, device=scores.device)
     keep = torch.zeros(num_classes, num_rois, dtype=torch.bool, device=scores.device)
@@ -48,12 +68,17 @@ class Selection:
 
 
 def select_boxes(boxes: torch.Tensor, class_scores: torch.Tensor, nms_thresh: float = 0.3,
-                 conf_thresh: float = 0.2, min_boxes: int = 10, max_boxes: int = 100) -> Selection:
-    """BUTD selection. ``class_scores``: (R, 1 + C) softmax scores with background in column 0."""
+                 conf_thresh: float = 0.2, min_boxes: int = 10, max_boxes: int = 100,
+                 legacy: bool = True) -> Selection:
+    """BUTD selection. ``class_scores``: (R, 1 + C) softmax scores with background in column 0.
+
+    Kept regions are ordered by decreasing ``max_conf`` (BUTD keeps RoI order when no clamp applies;
+    the set of regions is the same).
+    """
     if min_boxes > max_boxes:
         raise ValueError(f"min_boxes {min_boxes} > max_boxes {max_boxes}")
     object_scores = class_scores[:, 1:]
-    keep = per_class_nms_keep(boxes, object_scores, nms_thresh)
+    keep = per_class_nms_keep(boxes, object_scores, nms_thresh, legacy)
     surviving = torch.where(keep, object_scores, torch.zeros_like(object_scores))
     max_conf, best = surviving.max(dim=1)
     order = max_conf.argsort(descending=True, stable=True)

@@ -42,11 +42,19 @@ class ExtractorConfig:
     min_size: int = 600  # regions: shorter side
     max_size: int = 1000  # regions: longer side cap
     max_boxes: int = 100
+    boxes: str = "given"  # regions: given (boxes JSON) | detector (bottom-up Faster R-CNN)
+    min_boxes: int = 10  # detector: BUTD rule
+    conf_thresh: float = 0.2
+    nms_thresh: float = 0.3
+    pre_nms_top_n: int = 6000
+    post_nms_top_n: int = 300
     seed: int = 0  # for weights: none
 
     def __post_init__(self):
         if self.kind not in ("grid", "regions"):
             raise ValueError(f"kind must be grid or regions, not {self.kind!r}")
+        if self.boxes not in ("given", "detector"):
+            raise ValueError(f"boxes must be given or detector, not {self.boxes!r}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, not {self.backbone!r}")
 
@@ -156,6 +164,11 @@ class _ImageDataset(Dataset):
         except ImageError as error:
             return {"image_id": image_id, "error": str(error)}
         width, height = image.size
+        if self.config.kind == "regions" and self.config.boxes == "detector":
+            from features.detector import caffe_preprocess
+
+            tensor, scale = caffe_preprocess(np.asarray(image), self.config.min_size, self.config.max_size)
+            return {"image_id": image_id, "image": tensor, "scale": scale, "hw": (height, width)}
         if self.config.kind == "grid":
             size = self.config.image_size
             image = image.resize((size, size), resample=2)  # bilinear
@@ -174,6 +187,10 @@ def _collate(batch: list[dict]) -> dict:
     out = {"errors": [{"image_id": b["image_id"], "reason": b["error"]} for b in batch if "error" in b],
            "image_ids": [b["image_id"] for b in good]}
     if not good:
+        return out
+    if "scale" in good[0] and "boxes" not in good[0]:  # detector: images of different sizes, run one by one
+        out.update(image_list=[b["image"] for b in good], scales=[b["scale"] for b in good],
+                   hw=[b["hw"] for b in good])
         return out
     height = max(b["image"].shape[1] for b in good)
     width = max(b["image"].shape[2] for b in good)
@@ -205,6 +222,45 @@ def load_given_boxes(path: str | Path) -> dict[int, list]:
     return boxes
 
 
+def build_detector(config: ExtractorConfig):
+    from features.detector import BottomUpDetector, DetectorConfig, load_detectron2_checkpoint
+
+    detector_config = DetectorConfig(
+        backbone=config.backbone, min_size=config.min_size, max_size=config.max_size,
+        pre_nms_top_n=config.pre_nms_top_n, post_nms_top_n=config.post_nms_top_n, nms_thresh=config.nms_thresh,
+        conf_thresh=config.conf_thresh, min_boxes=config.min_boxes, max_boxes=config.max_boxes)
+    torch.manual_seed(config.seed)
+    model = BottomUpDetector(detector_config)
+    record = {"weights": config.weights, "sha256": None}
+    if config.weights == "none":
+        record["note"] = f"random init, torch seed {config.seed}"
+    elif Path(config.weights).is_file():
+        record["unused_keys"] = load_detectron2_checkpoint(model, config.weights)["unused_keys"]
+        record["sha256"] = sha256_of(config.weights)
+    else:
+        raise ValueError(f"detector weights {config.weights!r}: give 'none' or the path of a detectron2-format "
+                         "bottom-up-attention checkpoint (e.g. bua-caffe-frcn-r101-k10-100.pth)")
+    return model.eval(), record
+
+
+def _write_detections(writer, model, batch, device, rows: int, feature_dim: int) -> None:
+    n = len(batch["image_ids"])
+    feats = np.zeros((n, rows, feature_dim), dtype=np.float32)
+    boxes = np.zeros((n, rows, 4), dtype=np.float32)
+    class_ids = np.full((n, rows), -1, dtype=np.int32)
+    scores = np.zeros((n, rows), dtype=np.float32)
+    num_boxes = np.zeros(n, dtype=np.int32)
+    for i, (image, scale, hw) in enumerate(zip(batch["image_list"], batch["scales"], batch["hw"])):
+        found = model.detect(image.to(device), scale, hw)
+        k = len(found["features"])
+        feats[i, :k] = found["features"].float().cpu().numpy()
+        boxes[i, :k] = found["boxes"].float().cpu().numpy()
+        class_ids[i, :k] = found["class_id"].cpu().numpy()
+        scores[i, :k] = found["score"].float().cpu().numpy()
+        num_boxes[i] = k
+    writer.write(batch["image_ids"], feats, num_boxes, boxes, np.asarray(batch["hw"]), class_ids, scores)
+
+
 # ------------------------------------------------------------------------------------------------- run
 def shard_slice(count: int, shard: int, num_shards: int) -> slice:
     """Contiguous slice ``shard`` of ``num_shards`` near-equal slices of ``count`` items."""
@@ -229,7 +285,7 @@ def extract(karpathy_json: str | Path, image_root: str | Path, out: str | Path, 
         items = items[: options.limit]
     items = items[shard_slice(len(items), shard, num_shards)]
     boxes = None
-    if config.kind == "regions":
+    if config.kind == "regions" and config.boxes == "given":
         if boxes_json is None:
             raise ValueError("region extraction in given-boxes mode needs a boxes JSON file")
         boxes = load_given_boxes(boxes_json)
@@ -238,13 +294,17 @@ def extract(karpathy_json: str | Path, image_root: str | Path, out: str | Path, 
             raise KeyError(f"{boxes_json}: no boxes for image id {absent[0]} ({len(absent)} images without boxes)")
 
     device = pick_device(options.device)
-    resnet, weights_record = build_resnet(config.backbone, config.weights, config.seed)
-    model = GridExtractor(resnet, config.image_size, config.grid_size) if config.kind == "grid" \
-        else RegionExtractor(resnet)
+    if config.kind == "regions" and config.boxes == "detector":
+        model, weights_record = build_detector(config)
+        feature_dim = model.cls_score.in_features
+    else:
+        resnet, weights_record = build_resnet(config.backbone, config.weights, config.seed)
+        model = GridExtractor(resnet, config.image_size, config.grid_size) if config.kind == "grid" \
+            else RegionExtractor(resnet)
+        feature_dim = resnet.fc.in_features
     model = model.to(device).eval()
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    feature_dim = resnet.fc.in_features
     rows = config.grid_size ** 2 if config.kind == "grid" else config.max_boxes
     meta = {
         "extractor": asdict(config),
@@ -271,10 +331,12 @@ def extract(karpathy_json: str | Path, image_root: str | Path, out: str | Path, 
             errors += batch["errors"]
             failing = errors and options.on_error == "fail"  # keep decoding only to name every bad file
             if batch["image_ids"] and not failing:
-                images = batch["images"].to(device, non_blocking=True)
-                if device.type == "cuda":
+                images = batch["images"].to(device, non_blocking=True) if "images" in batch else None
+                if images is not None and device.type == "cuda":
                     images = images.contiguous(memory_format=torch.channels_last)
-                if config.kind == "grid":
+                if "image_list" in batch:
+                    _write_detections(writer, model, batch, device, rows, feature_dim)
+                elif config.kind == "grid":
                     feats = model(images).float().cpu().numpy()
                     writer.write(batch["image_ids"], feats)
                 else:

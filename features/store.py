@@ -6,7 +6,8 @@ Layout (both backends), N images in row order given by ``image_ids``:
 - ``features``   (N, L, D) float16/float32; grid: L = grid cells, regions: L = max_boxes (zero-padded)
 - ``written``    (N,) bool, set once a row is complete (lets an interrupted run resume)
 - regions only: ``num_boxes`` (N,) int32, ``boxes`` (N, L, 4) float32 xyxy in original pixels,
-  ``image_hw`` (N, 2) int32
+  ``image_hw`` (N, 2) int32, ``class_ids`` (N, L) int32 and ``box_scores`` (N, L) float32 (the detector's
+  best class and its score per box; -1 and 0 for given boxes)
 
 Metadata lives in the attribute ``meta`` (a JSON string): kind, extractor config, weights,
 software versions, errors. Features are chunked one image per chunk so a random read touches one chunk.
@@ -193,6 +194,9 @@ class StoreWriter:
             self.store.create("num_boxes", (n,), "int32", (max(1, min(n, 65536)),), None)
             self.store.create("boxes", (n, rows_per_image, 4), "float32", (1, rows_per_image, 4), None)
             self.store.create("image_hw", (n, 2), "int32", (max(1, min(n, 65536)), 2), None)
+            self.store.create("class_ids", (n, rows_per_image), "int32", (max(1, min(n, 4096)), rows_per_image), None)
+            self.store.create("box_scores", (n, rows_per_image), "float32", (max(1, min(n, 4096)), rows_per_image),
+                              None)
         self.meta.setdefault("errors", [])
         self.store.set_meta(self.meta)
         self.written = np.zeros(n, dtype=bool)
@@ -218,7 +222,8 @@ class StoreWriter:
     def missing_ids(self) -> list[int]:
         return [int(i) for i in self.image_ids[~self.written]]
 
-    def write(self, image_ids: Sequence[int], features: np.ndarray, num_boxes=None, boxes=None, image_hw=None):
+    def write(self, image_ids: Sequence[int], features: np.ndarray, num_boxes=None, boxes=None, image_hw=None,
+              class_ids=None, box_scores=None):
         image_ids = np.asarray(image_ids, dtype=np.int64)
         features = np.asarray(features, dtype=np.float32)
         check_finite(features, image_ids, self.dtype)
@@ -235,6 +240,11 @@ class StoreWriter:
                 self.store["num_boxes"][lo:hi] = np.asarray(num_boxes)[sel]
                 self.store["boxes"][lo:hi] = np.asarray(boxes, dtype=np.float32)[sel]
                 self.store["image_hw"][lo:hi] = np.asarray(image_hw)[sel]
+                n = len(image_ids)
+                ids = np.full((n, features.shape[1]), -1, np.int32) if class_ids is None else np.asarray(class_ids)
+                scores = np.zeros((n, features.shape[1]), np.float32) if box_scores is None else np.asarray(box_scores)
+                self.store["class_ids"][lo:hi] = ids[sel]
+                self.store["box_scores"][lo:hi] = scores[sel]
         self.store.flush()
         self.written[rows] = True
         self.store["written"][:] = self.written  # marked only after the data is on disk
@@ -298,7 +308,9 @@ class FeatureStore:
             self._cache = {name: np.asarray(store[name][:]) for name in self._array_names()}
 
     def _array_names(self) -> list[str]:
-        return ["features", "num_boxes", "boxes", "image_hw"] if self.kind == "regions" else ["features"]
+        if self.kind == "regions":
+            return ["features", "num_boxes", "boxes", "image_hw", "class_ids", "box_scores"]
+        return ["features"]
 
     def _store(self):
         if self._handle is None or self._pid != os.getpid():
@@ -370,5 +382,6 @@ def merge_stores(shard_paths: Sequence[str | Path], out: str | Path) -> Path:
         for start in range(0, len(shard), 256):
             batch = shard.image_ids[start:start + 256]
             data = shard.gather(batch)
-            writer.write(batch, data["features"], data.get("num_boxes"), data.get("boxes"), data.get("image_hw"))
+            writer.write(batch, data["features"], data.get("num_boxes"), data.get("boxes"), data.get("image_hw"),
+                         data.get("class_ids"), data.get("box_scores"))
     return writer.finalize()

@@ -21,10 +21,38 @@ def test_batched_nms_equals_torchvision_per_class():
         assert torch.equal(keep[:, c], expected), c
 
 
+def greedy_legacy_nms(boxes, scores, threshold):
+    """Plain-Python greedy NMS with +1 areas and IoU >= threshold (the Caffe/MILVLG CPU kernel's rule)."""
+    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
+    b = boxes.tolist()
+
+    def iou(i, j):
+        w = min(b[i][2], b[j][2]) - max(b[i][0], b[j][0]) + 1
+        h = min(b[i][3], b[j][3]) - max(b[i][1], b[j][1]) + 1
+        inter = max(w, 0) * max(h, 0)
+        area = lambda k: (b[k][2] - b[k][0] + 1) * (b[k][3] - b[k][1] + 1)  # noqa: E731
+        return inter / (area(i) + area(j) - inter)
+
+    kept = []
+    for i in order:
+        if all(iou(i, k) < threshold for k in kept):
+            kept.append(i)
+    return set(kept)
+
+
+def test_legacy_convention_equals_caffe_rule():
+    boxes, g = random_rois(80, 3)
+    boxes = boxes.round()  # integer pixel boxes, where the +1 convention matters most
+    scores = torch.rand(80, 9, generator=g)
+    keep = per_class_nms_keep(boxes, scores, 0.3, legacy=True)
+    for c in range(9):
+        assert set(torch.nonzero(keep[:, c]).flatten().tolist()) == greedy_legacy_nms(boxes, scores[:, c], 0.3)
+
+
 def test_threshold_and_clamp():
     boxes, g = random_rois(60, 1)
     scores = torch.softmax(torch.randn(60, 31, generator=g) * 1.5, dim=1)
-    keep = per_class_nms_keep(boxes, scores[:, 1:], 0.3)
+    keep = per_class_nms_keep(boxes, scores[:, 1:], 0.3, legacy=True)
     max_conf = torch.where(keep, scores[:, 1:], torch.zeros(())).max(1).values
     confident = int((max_conf >= 0.2).sum())
     assert 10 < confident < 40  # the clamps below are not trivially satisfied

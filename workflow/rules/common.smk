@@ -74,7 +74,7 @@ def extract_inputs(wildcards):
     inputs = {"json": KARPATHY_JSON}
     if DEMO:
         inputs["images"] = f"{RUN}/dataset/images"
-    if wildcards.kind == "regions":
+    if wildcards.kind == "regions" and config["features"]["regions"]["boxes"] == "given":
         inputs["boxes"] = BOXES_JSON
     return inputs
 
@@ -92,10 +92,13 @@ def extract_args(kind):
         args += f" --compression {f['compression']}"
     if kind == "grid":
         return args + f" --image-size {k['image_size']} --grid-size {k['grid_size']}"
-    return args + (
-        f" --boxes {BOXES_JSON} --min-size {k['min_size']} --max-size {k['max_size']}"
-        f" --max-boxes {k['max_boxes']}"
-    )
+    args += f" --min-size {k['min_size']} --max-size {k['max_size']} --max-boxes {k['max_boxes']}"
+    if k["boxes"] == "given":
+        return args + f" --boxes {BOXES_JSON}"
+    detector = {"min_boxes": 10, "conf_thresh": 0.2, "nms_thresh": 0.3, "pre_nms_top_n": 6000, "post_nms_top_n": 300}
+    detector.update({key: k[key] for key in detector if key in k})
+    options = "".join(f" --{key.replace('_', '-')} {value}" for key, value in detector.items())
+    return f"{args} --box-source detector{options}"
 
 
 def shard_path(kind, shard):

@@ -1,0 +1,46 @@
+"""Shared helpers: describe the machine and append a section to benchmarks/RESULTS.md."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{os.cpu_count()} CPU cores ({cpu})"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            text += f", GPU {torch.cuda.get_device_name(0)}"
+        text += f", torch {torch.__version__}"
+    except ImportError:
+        pass
+    return text
+
+
+def append_results(title: str, lines: list[str]) -> None:
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    block = [f"## {title}", "", f"- date: {stamp}", f"- machine: {machine()}", f"- command: `{command}`", "",
+             *lines, ""]
+    text = "\n".join(block) + "\n"
+    print(text)
+    if not RESULTS.exists():
+        RESULTS.write_text("# Benchmark results\n\nEach section is appended by a script in this folder.\n\n")
+    with open(RESULTS, "a", encoding="utf-8") as handle:
+        handle.write(text)

@@ -1,0 +1,278 @@
+"""Bottom-up-attention region detector: a Caffe-style ResNet C4 Faster R-CNN from torchvision parts.
+
+Matches the Visual-Genome detector of Anderson et al. (2018) as converted to detectron2 format by
+MILVLG/bottom-up-attention.pytorch ("caffe" mode), so its checkpoints load by a key mapping
+(:func:`load_detectron2_checkpoint`):
+
+- input: BGR, Caffe pixel means subtracted (no std), bilinear resize to shorter side 600 / longer <= 1000;
+- trunk to res4 (stride 16) with the stride on the 1x1 conv, Caffe max-pool (ceil mode, no padding);
+- RPN: 12 Caffe anchors (ratios 0.5/1/2 x scales 4/8/16/32 of a 16-px base), 2-way softmax objectness,
+  +1-pixel box coder, top 6000 -> NMS 0.7 -> top 300 proposals;
+- head: RoIPool 14x14 on res4, res5 with stride 1 and dilation 2, mean over 14x14 -> 2048-d,
+  1601-way class softmax (background first);
+- regions: the BUTD rule of :mod:`features.butd` on the raw proposals (as BUTD saves them).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from torchvision.ops import nms, roi_pool
+
+from features.butd import select_boxes
+
+CAFFE_PIXEL_MEAN_BGR = (102.9801, 115.9465, 122.7717)
+BBOX_CLAMP = math.log(1000.0 / 16)
+
+
+@dataclass
+class DetectorConfig:
+    backbone: str = "resnet101"
+    num_classes: int = 1601  # Visual Genome: 1600 objects + background
+    min_size: int = 600
+    max_size: int = 1000
+    pre_nms_top_n: int = 6000
+    post_nms_top_n: int = 300
+    rpn_nms_thresh: float = 0.7
+    rpn_min_size: int = 16
+    nms_thresh: float = 0.3
+    conf_thresh: float = 0.2
+    min_boxes: int = 10
+    max_boxes: int = 100
+    boxes_from: str = "proposals"  # proposals (BUTD) | regressed
+
+
+def caffe_cell_anchors(base: int = 16, ratios=(0.5, 1.0, 2.0), scales=(4, 8, 16, 32)) -> torch.Tensor:
+    """py-faster-rcnn's anchors: ratio-major, rounded widths, centred on the base cell (12 x 4)."""
+    centre = (base - 1) / 2.0
+    anchors = []
+    for ratio in ratios:
+        width = round(math.sqrt(base * base / ratio))
+        height = round(width * ratio)
+        for scale in scales:
+            w, h = width * scale, height * scale
+            anchors.append([centre - 0.5 * (w - 1), centre - 0.5 * (h - 1), centre + 0.5 * (w - 1),
+                            centre + 0.5 * (h - 1)])
+    return torch.tensor(anchors, dtype=torch.float32)
+
+
+def decode_boxes(deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """Caffe box coder (+1 widths), weights (1, 1, 1, 1), dw/dh clamped at log(1000/16)."""
+    widths = anchors[:, 2] - anchors[:, 0] + 1.0
+    heights = anchors[:, 3] - anchors[:, 1] + 1.0
+    ctr_x = anchors[:, 0] + 0.5 * widths
+    ctr_y = anchors[:, 1] + 0.5 * heights
+    dx, dy = deltas[:, 0], deltas[:, 1]
+    dw, dh = deltas[:, 2].clamp(max=BBOX_CLAMP), deltas[:, 3].clamp(max=BBOX_CLAMP)
+    pred_x, pred_y = dx * widths + ctr_x, dy * heights + ctr_y
+    pred_w, pred_h = torch.exp(dw) * widths, torch.exp(dh) * heights
+    return torch.stack([pred_x - 0.5 * pred_w, pred_y - 0.5 * pred_h, pred_x + 0.5 * pred_w, pred_y + 0.5 * pred_h], 1)
+
+
+def caffe_preprocess(rgb: np.ndarray, min_size: int, max_size: int) -> tuple[torch.Tensor, float]:
+    """uint8 RGB (H, W, 3) -> mean-subtracted BGR (3, H', W') at the test scale, and the scale."""
+    height, width = rgb.shape[:2]
+    scale = min_size / min(height, width)
+    if round(scale * max(height, width)) > max_size:
+        scale = max_size / max(height, width)
+    bgr = torch.from_numpy(np.ascontiguousarray(rgb[:, :, ::-1])).permute(2, 0, 1).float()
+    bgr -= torch.tensor(CAFFE_PIXEL_MEAN_BGR).view(3, 1, 1)  # subtracted before resizing, as BUTD
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    resized = F.interpolate(bgr[None], size=size, mode="bilinear", align_corners=False)[0]
+    return resized, scale
+
+
+def caffe_resnet(backbone: str) -> torchvision.models.ResNet:
+    """A torchvision ResNet rearranged as the Caffe/detectron2 C4 model (weights loaded separately)."""
+    resnet = getattr(torchvision.models, backbone)(weights=None)
+    if not isinstance(resnet.layer1[0], torchvision.models.resnet.Bottleneck):
+        raise ValueError(f"the detector needs a bottleneck ResNet (50/101/152), not {backbone}")
+    resnet.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
+    for layer in (resnet.layer2, resnet.layer3):  # stride on the 1x1 conv (STRIDE_IN_1X1)
+        first = layer[0]
+        first.conv1.stride, first.conv2.stride = (2, 2), (1, 1)
+    for block in resnet.layer4:  # res5: stride 1, dilation 2 (14x14 RoIs stay 14x14)
+        block.conv1.stride = (1, 1)
+        block.conv2.stride, block.conv2.dilation, block.conv2.padding = (1, 1), (2, 2), (2, 2)
+    resnet.layer4[0].downsample[0].stride = (1, 1)
+    return resnet
+
+
+class BottomUpDetector(nn.Module):
+    def __init__(self, config: DetectorConfig):
+        super().__init__()
+        self.config = config
+        resnet = caffe_resnet(config.backbone)
+        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
+        self.res2, self.res3, self.res4, self.res5 = resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4
+        self.register_buffer("cell_anchors", caffe_cell_anchors())
+        anchors = self.cell_anchors.shape[0]
+        self.rpn_conv = nn.Conv2d(1024, 512, 3, padding=1)
+        self.rpn_objectness = nn.Conv2d(512, 2 * anchors, 1)
+        self.rpn_deltas = nn.Conv2d(512, 4 * anchors, 1)
+        self.cls_score = nn.Linear(2048, config.num_classes)
+        self.bbox_pred = nn.Linear(2048, 4 * config.num_classes)
+        # detectron2's initialisation of the heads (only matters for randomly initialised detectors)
+        for layer, std in ((self.rpn_conv, 0.01), (self.rpn_objectness, 0.01), (self.rpn_deltas, 0.01),
+                           (self.cls_score, 0.01), (self.bbox_pred, 0.001)):
+            nn.init.normal_(layer.weight, std=std)
+            nn.init.zeros_(layer.bias)
+
+    def preprocess(self, rgb: np.ndarray) -> tuple[torch.Tensor, float]:
+        return caffe_preprocess(rgb, self.config.min_size, self.config.max_size)
+
+    # ------------------------------------------------------------------------------- network
+    def proposals(self, res4: torch.Tensor, image_hw: tuple[int, int], scale: float) -> torch.Tensor:
+        c = self.config
+        x = F.relu(self.rpn_conv(res4))
+        num_anchors = self.cell_anchors.shape[0]
+        _, _, height, width = res4.shape
+        objectness = self.rpn_objectness(x).view(1, 2, num_anchors, height, width).softmax(dim=1)[:, 1]
+        scores = objectness.permute(0, 2, 3, 1).reshape(-1)  # (H, W, A) order
+        deltas = self.rpn_deltas(x).view(1, num_anchors, 4, height, width).permute(0, 3, 4, 1, 2).reshape(-1, 4)
+        shift_y, shift_x = torch.meshgrid(torch.arange(height, device=res4.device) * 16.0,
+                                          torch.arange(width, device=res4.device) * 16.0, indexing="ij")
+        shifts = torch.stack([shift_x, shift_y, shift_x, shift_y], -1).view(-1, 1, 4)
+        anchors = (shifts + self.cell_anchors.view(1, -1, 4)).view(-1, 4)
+        boxes = decode_boxes(deltas.float(), anchors)
+        img_h, img_w = image_hw
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, img_w - 1)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, img_h - 1)
+        min_size = c.rpn_min_size * scale
+        widths, heights = boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1
+        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & (widths > min_size) & (heights > min_size)
+        boxes, scores = boxes[valid], scores[valid].float()
+        order = scores.argsort(descending=True)[: c.pre_nms_top_n]
+        boxes, scores = boxes[order], scores[order]
+        # +1-pixel IoU via shifted corners; torchvision's kernel suppresses at IoU > t (Caffe: >=)
+        keep = nms(boxes + torch.tensor([0.0, 0.0, 1.0, 1.0], device=boxes.device), scores, c.rpn_nms_thresh)
+        return boxes[keep[: c.post_nms_top_n]]
+
+    def box_features(self, res4: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        pooled = roi_pool(res4, [boxes.to(res4.dtype)], output_size=(14, 14), spatial_scale=1.0 / 16)
+        return self.res5(pooled).mean(dim=(2, 3))
+
+    @torch.no_grad()
+    def detect(self, image: torch.Tensor, scale: float, original_hw: tuple[int, int]) -> dict:
+        """One preprocessed image (3, H, W) -> BUTD regions in original-image pixels."""
+        c = self.config
+        res4 = self.res4(self.res3(self.res2(self.stem(image[None]))))
+        proposals = self.proposals(res4, tuple(image.shape[1:]), scale)
+        feats = self.box_features(res4, proposals).float()
+        class_scores = self.cls_score(feats).softmax(dim=-1)
+        boxes = proposals / scale  # BUTD selects on, and saves, the raw proposals in original pixels
+        selection = select_boxes(boxes, class_scores, c.nms_thresh, c.conf_thresh, c.min_boxes, c.max_boxes)
+        if c.boxes_from == "regressed":
+            deltas = self.bbox_pred(feats[selection.index]).float().view(-1, c.num_classes, 4)
+            deltas = deltas[torch.arange(len(selection.index)), selection.class_id]
+            boxes = decode_boxes(deltas, proposals[selection.index]) / scale
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, original_hw[1] - 1)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, original_hw[0] - 1)
+        else:
+            boxes = boxes[selection.index]
+        return {"features": feats[selection.index], "boxes": boxes, "class_id": selection.class_id,
+                "score": selection.score}
+
+
+# ----------------------------------------------------------------------------------- checkpoint import
+_BLOCK_PARTS = {"conv1": "conv1", "conv2": "conv2", "conv3": "conv3", "shortcut": "downsample.0"}
+_NORMS = {"conv1": "bn1", "conv2": "bn2", "conv3": "bn3", "shortcut": "downsample.1"}
+_STAGES = {"backbone.res2": "res2", "backbone.res3": "res3", "backbone.res4": "res4", "roi_heads.res5": "res5"}
+_FIXED = {
+    "backbone.stem.conv1.weight": "stem.0.weight",
+    "proposal_generator.rpn_head.conv.weight": "rpn_conv.weight",
+    "proposal_generator.rpn_head.conv.bias": "rpn_conv.bias",
+    "proposal_generator.rpn_head.objectness_logits.weight": "rpn_objectness.weight",
+    "proposal_generator.rpn_head.objectness_logits.bias": "rpn_objectness.bias",
+    "proposal_generator.rpn_head.anchor_deltas.weight": "rpn_deltas.weight",
+    "proposal_generator.rpn_head.anchor_deltas.bias": "rpn_deltas.bias",
+    "proposal_generator.anchor_generator.cell_anchors.0": "cell_anchors",
+    "roi_heads.box_predictor.cls_score.weight": "cls_score.weight",
+    "roi_heads.box_predictor.cls_score.bias": "cls_score.bias",
+    "roi_heads.box_predictor.bbox_pred.weight": "bbox_pred.weight",
+    "roi_heads.box_predictor.bbox_pred.bias": "bbox_pred.bias",
+}
+_IGNORED_PREFIXES = ("roi_heads.box_predictor.cls_embed", "roi_heads.box_predictor.attr_linear")  # attribute head
+
+
+def detectron2_to_ours(key: str) -> str | None:
+    """Map one detectron2/MILVLG key to this module's name (None: not used, e.g. the attribute head).
+
+    ``backbone.stem.conv1.norm.weight`` -> ``stem.1.weight``;
+    ``backbone.res4.3.conv2.norm.running_var`` -> ``res4.3.bn2.running_var``;
+    ``roi_heads.res5.0.shortcut.weight`` -> ``res5.0.downsample.0.weight``.
+    """
+    if key in _FIXED:
+        return _FIXED[key]
+    if key.startswith(_IGNORED_PREFIXES) or key.endswith("num_batches_tracked"):
+        return None
+    if key.startswith("backbone.stem.conv1.norm."):
+        return "stem.1." + key.rsplit(".", 1)[1]
+    for prefix, stage in _STAGES.items():
+        if key.startswith(prefix + "."):
+            block, part, *rest = key[len(prefix) + 1:].split(".")
+            if part not in _BLOCK_PARTS:
+                break
+            if rest[0] == "norm":
+                return f"{stage}.{block}.{_NORMS[part]}.{rest[1]}"
+            return f"{stage}.{block}.{_BLOCK_PARTS[part]}.{rest[0]}"
+    raise KeyError(f"unexpected key in detectron2 checkpoint: {key}")
+
+
+def load_detectron2_checkpoint(model: BottomUpDetector, path: str | Path) -> dict:
+    """Load a detectron2-format BUTD checkpoint (.pth/.pkl: {"model": state} or a bare state, numpy or torch)."""
+    path = Path(path)
+    if path.suffix == ".pkl":
+        import pickle
+
+        with open(path, "rb") as handle:
+            raw = pickle.load(handle, encoding="latin1")  # detectron2 model-zoo .pkl files are plain pickles
+    else:
+        raw = torch.load(path, map_location="cpu", weights_only=False)  # trusted user-given checkpoint
+    state = raw.get("model", raw) if isinstance(raw, dict) else raw
+    converted, unused = {}, []
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        ours = detectron2_to_ours(key)
+        if ours is None:
+            unused.append(key)
+            continue
+        converted[ours] = torch.as_tensor(np.asarray(value)) if not isinstance(value, torch.Tensor) else value
+    expected = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
+    missing = sorted(expected - set(converted))
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks {len(missing)} detector weights, e.g. {missing[:5]}")
+    model.load_state_dict(converted, strict=False)
+    return {"unused_keys": unused}
+
+
+def ours_to_detectron2(state: dict) -> dict:
+    """Inverse of :func:`detectron2_to_ours` (used by tests to write a checkpoint in detectron2 layout)."""
+    inverse = {v: k for k, v in _FIXED.items()}
+    out = {}
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        if key in inverse:
+            out[inverse[key]] = value
+            continue
+        stage, rest = key.split(".", 1)
+        if stage == "stem":
+            out[{"0.weight": "backbone.stem.conv1.weight"}.get(rest, "backbone.stem.conv1.norm." + rest[2:])] = value
+            continue
+        prefix = {v: k for k, v in _STAGES.items()}[stage]
+        block, part = rest.split(".", 1)
+        for name, ours in _BLOCK_PARTS.items():
+            if part.startswith(ours + "."):
+                out[f"{prefix}.{block}.{name}.{part[len(ours) + 1:]}"] = value
+        for name, ours in _NORMS.items():
+            if part.startswith(ours + "."):
+                out[f"{prefix}.{block}.{name}.norm.{part[len(ours) + 1:]}"] = value
+    return out

@@ -25,3 +25,4 @@ include: "workflow/rules/evaluate.smk"
 rule all:
     input:
         TABLES,
+        attention_outputs(),

@@ -42,6 +42,12 @@ def _score(args) -> None:
     score_from_cli(args)
 
 
+def _attention(args) -> None:
+    from captioner.attention_maps import attention_from_cli
+
+    attention_from_cli(args)
+
+
 def _tables(args) -> None:
     from captioner.tables import tables_from_cli
 
@@ -101,6 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--metrics", default="bleu,meteor,rouge,cider")
     score.add_argument("--out", required=True)
     score.set_defaults(run=_score)
+
+    att = sub.add_parser("attention-maps", help="Show-Attend-Tell: per-word attention over test images (PNG)")
+    att.add_argument("--checkpoint", required=True)
+    att.add_argument("--features", required=True)
+    att.add_argument("--captions", required=True)
+    att.add_argument("--image-root", required=True)
+    att.add_argument("--split", default="test")
+    att.add_argument("--beam-size", type=int, default=5)
+    att.add_argument("--max-length", type=int, default=20)
+    att.add_argument("--threads", type=int, default=1)
+    att.add_argument("--out", nargs="+", required=True, help="one PNG per image: the first len(out) images")
+    att.set_defaults(run=_attention)
 
     tab = sub.add_parser("tables", help="results tables from score files")
     tab.add_argument("--scores", nargs="+", required=True)

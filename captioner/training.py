@@ -57,7 +57,10 @@ def set_seed(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """RNG states in types a ``weights_only`` load accepts (numpy's state as plain lists)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -144,7 +147,8 @@ class Trainer:
         self.best, self.history = checkpoint["best"], checkpoint["history"]
         rng = checkpoint["rng"]
         random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        name, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
@@ -185,6 +189,10 @@ class Trainer:
             out[i, : len(s)] = torch.tensor(s)
         return out.to(self.device)
 
+    def _autocast(self):
+        """bf16 autocast on GPUs (no loss scaling needed); full precision on the CPU."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
     def _lr_for_step(self) -> float | None:
         if self.name.family == "m2" and self.name.variant == "xe":
             return float(self.hp["lr"]) * noam_factor(self.step + 1, self.model_config.d_model, int(self.hp["warmup"]))
@@ -192,7 +200,7 @@ class Trainer:
 
     def _apply_update(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
-            raise TrainingError(f"non-finite loss ({float(loss)}) at epoch {self.epoch + 1}, step {self.step + 1}; "
+            raise TrainingError(f"non-finite loss ({float(loss.detach())}) at epoch {self.epoch + 1}, step {self.step + 1}; "
                                 f"the last good checkpoint is {self.out_dir / 'last.pt'}")
         lr = self._lr_for_step()
         if lr is not None:
@@ -222,13 +230,15 @@ class Trainer:
             if self.name.variant == "scst":
                 inputs = self._inputs([self.train_images[i]["image_id"] for i in batch])
                 t1 = time.perf_counter()
-                loss, extra = self._scst_loss(inputs, batch)
+                with self._autocast():
+                    loss, extra = self._scst_loss(inputs, batch)
             else:
                 inputs = self._inputs([self.train_images[i]["image_id"] for i, _ in batch])
                 captions = self._pad([self.train_images[i]["captions"][j] for i, j in batch])
                 t1 = time.perf_counter()
-                out = self.model.loss(captions=captions, **inputs)
-                loss, extra = out["loss"], {"nll_per_token": out["nll_per_token"]}
+                with self._autocast():
+                    out = self.model.loss(captions=captions, **inputs)
+                loss, extra = out["loss"].float(), {"nll_per_token": out["nll_per_token"]}
             self._apply_update(loss)
             t2 = time.perf_counter()
             totals["loss"] += float(loss.detach())

@@ -19,7 +19,8 @@ def _extract(args) -> None:
                              max_size=args.max_size, max_boxes=args.max_boxes, seed=args.seed,
                              boxes=args.box_source, min_boxes=args.min_boxes, conf_thresh=args.conf_thresh,
                              nms_thresh=args.nms_thresh, pre_nms_top_n=args.pre_nms_top_n,
-                             post_nms_top_n=args.post_nms_top_n)
+                             post_nms_top_n=args.post_nms_top_n, backend=args.backend,
+                             detectron2_config=args.detectron2_config)
     options = RunOptions(batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
                          dtype=args.dtype, compression=args.compression, on_error=args.on_error, limit=args.limit)
     extract(args.karpathy_json, args.image_root, args.out, config, options, boxes_json=args.boxes,
@@ -91,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     ext.add_argument("--max-boxes", type=int, default=100)
     ext.add_argument("--box-source", choices=["given", "detector"], default="given",
                      help="regions: pool --boxes, or detect with the bottom-up Faster R-CNN")
+    ext.add_argument("--backend", choices=["torchvision", "detectron2"], default="torchvision",
+                     help="detector implementation (detectron2 is optional and installed separately)")
+    ext.add_argument("--detectron2-config", default="", help="detectron2 backend: the model's config file")
     ext.add_argument("--min-boxes", type=int, default=10, help="detector: BUTD lower clamp")
     ext.add_argument("--conf-thresh", type=float, default=0.2, help="detector: BUTD class-score threshold")
     ext.add_argument("--nms-thresh", type=float, default=0.3, help="detector: BUTD per-class NMS IoU")

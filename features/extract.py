@@ -43,6 +43,8 @@ class ExtractorConfig:
     max_size: int = 1000  # regions: longer side cap
     max_boxes: int = 100
     boxes: str = "given"  # regions: given (boxes JSON) | detector (bottom-up Faster R-CNN)
+    backend: str = "torchvision"  # detector: torchvision (built here) | detectron2 (optional install)
+    detectron2_config: str = ""  # detector + detectron2: the model's detectron2 config file
     min_boxes: int = 10  # detector: BUTD rule
     conf_thresh: float = 0.2
     nms_thresh: float = 0.3
@@ -164,6 +166,8 @@ class _ImageDataset(Dataset):
         except ImageError as error:
             return {"image_id": image_id, "error": str(error)}
         width, height = image.size
+        if self.config.kind == "regions" and self.config.boxes == "detector" and self.config.backend == "detectron2":
+            return {"image_id": image_id, "image": np.asarray(image), "scale": 1.0, "hw": (height, width)}
         if self.config.kind == "regions" and self.config.boxes == "detector":
             from features.detector import caffe_preprocess
 
@@ -222,7 +226,15 @@ def load_given_boxes(path: str | Path) -> dict[int, list]:
     return boxes
 
 
-def build_detector(config: ExtractorConfig):
+def build_detector(config: ExtractorConfig, device: torch.device):
+    if config.backend == "detectron2":
+        from features.detectron2_backend import Detectron2Detector
+
+        model = Detectron2Detector(config.detectron2_config, config.weights, config.min_size, config.max_size,
+                                   config.nms_thresh, config.conf_thresh, config.min_boxes, config.max_boxes, device,
+                                   config.pre_nms_top_n, config.post_nms_top_n)
+        return model, {"weights": config.weights, "sha256": sha256_of(config.weights),
+                       "detectron2_config": config.detectron2_config}
     from features.detector import BottomUpDetector, DetectorConfig, load_detectron2_checkpoint
 
     detector_config = DetectorConfig(
@@ -251,7 +263,7 @@ def _write_detections(writer, model, batch, device, rows: int, feature_dim: int)
     scores = np.zeros((n, rows), dtype=np.float32)
     num_boxes = np.zeros(n, dtype=np.int32)
     for i, (image, scale, hw) in enumerate(zip(batch["image_list"], batch["scales"], batch["hw"])):
-        found = model.detect(image.to(device), scale, hw)
+        found = model.detect(image) if isinstance(image, np.ndarray) else model.detect(image.to(device), scale, hw)
         k = len(found["features"])
         feats[i, :k] = found["features"].float().cpu().numpy()
         boxes[i, :k] = found["boxes"].float().cpu().numpy()
@@ -295,16 +307,17 @@ def extract(karpathy_json: str | Path, image_root: str | Path, out: str | Path, 
 
     device = pick_device(options.device)
     if config.kind == "regions" and config.boxes == "detector":
-        model, weights_record = build_detector(config)
-        feature_dim = model.cls_score.in_features
+        model, weights_record = build_detector(config, device)
+        feature_dim = 2048
     else:
         resnet, weights_record = build_resnet(config.backbone, config.weights, config.seed)
         model = GridExtractor(resnet, config.image_size, config.grid_size) if config.kind == "grid" \
             else RegionExtractor(resnet)
         feature_dim = resnet.fc.in_features
-    model = model.to(device).eval()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    if isinstance(model, torch.nn.Module):  # the detectron2 wrapper places its model itself
+        model = model.to(device).eval()
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
     rows = config.grid_size ** 2 if config.kind == "grid" else config.max_boxes
     meta = {
         "extractor": asdict(config),

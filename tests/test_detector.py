@@ -87,3 +87,19 @@ def test_extract_in_detector_mode(tmp_path):
     assert len(store.meta["weights_record"]["sha256"]) == 64
 
 
+
+
+def test_detectron2_backend_output_contract():
+    from features.detectron2_backend import status
+
+    available, reason = status()
+    if not available:
+        pytest.skip(reason)
+    from detectron2 import model_zoo
+
+    from features.detectron2_backend import Detectron2Detector
+
+    config_file = model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_C4_1x.yaml")
+    detector = Detectron2Detector(config_file, "", 128, 192, 0.3, 0.2, 4, 12, torch.device("cpu"), 300, 40)
+    found = detector.detect((np.random.default_rng(0).random((90, 160, 3)) * 255).astype(np.uint8))
+    assert found["features"].shape[1] == 2048 and 1 <= len(found["features"]) <= 12

@@ -53,3 +53,33 @@ def test_corrupt_store_is_named(tmp_path):
     path.write_bytes(b"this is not hdf5")
     with pytest.raises(StoreError, match="broken.h5"):
         FeatureStore(path)
+
+
+class _StoreItems:
+    """A map-style dataset over a store, as a training DataLoader would use it."""
+
+    def __init__(self, store, ids):
+        self.store, self.ids = store, ids
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        return self.store.gather([self.ids[index]])["features"][0]
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".zarr"])
+def test_reader_is_safe_in_dataloader_workers(tmp_path, suffix):
+    import torch
+
+    ids = list(range(40))
+    feats = np.random.default_rng(1).normal(size=(40, 2, 3)).astype(np.float32)
+    path = tmp_path / f"g{suffix}"
+    with StoreWriter(path, "grid", ids, 2, 3, dtype="float32") as writer:
+        writer.write(ids, feats)
+    store = FeatureStore(path)
+    store.gather([0])  # opened in the parent first: workers must reopen, not share the handle
+    loader = torch.utils.data.DataLoader(_StoreItems(store, ids), batch_size=8, num_workers=2,
+                                         multiprocessing_context="fork")
+    got = torch.cat(list(loader)).numpy()
+    np.testing.assert_array_equal(got, feats)

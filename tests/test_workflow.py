@@ -50,6 +50,11 @@ def test_full_run_writes_a_row_per_model(finished_run):
     assert all(f"`{m}`" in markdown for m in MODELS)
     predictions = json.loads((finished_run / RUN / "eval/m2_scst/predictions_test.json").read_text())
     assert len(predictions) == 8 and {"image_id", "caption"} <= set(predictions[0])
+    for model in ("sat_soft", "sat_hard"):
+        for i in range(2):
+            figure = finished_run / RUN / f"eval/{model}/attention/{i:02d}.png"
+            assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (finished_run / RUN / "eval/sat_soft_blind/attention").exists()
 
 
 def test_second_run_does_nothing(run_copy):
@@ -67,7 +72,7 @@ def test_training_parameter_change_reruns_only_that_model(run_copy):
     retrained_before = retrained.stat().st_mtime_ns
 
     edit_config(run_copy, lambda c: c["models"].__setitem__("sat_hard", {"lr": 0.002}))
-    assert planned_jobs(run_copy) == Counter(train=1, decode=1, score=1, tables=1, all=1)
+    assert planned_jobs(run_copy) == Counter(train=1, attention_maps=1, decode=1, score=1, tables=1, all=1)
     snakemake(run_copy)
     assert {path: path.stat().st_mtime_ns for path in untouched} == before
     assert retrained.stat().st_mtime_ns != retrained_before
@@ -76,8 +81,9 @@ def test_training_parameter_change_reruns_only_that_model(run_copy):
 def test_feature_parameter_change_reruns_extraction_and_everything_after(run_copy):
     edit_config(run_copy, lambda c: c["features"]["grid"].__setitem__("grid_size", 3))
     sat_models = sum(m.startswith("sat") for m in MODELS)
-    assert planned_jobs(run_copy) == Counter(extract_features=1, train=sat_models, decode=sat_models,
-                                             score=sat_models, tables=1, all=1)
+    sighted = sum(m.startswith("sat") and not m.endswith("blind") for m in MODELS)
+    assert planned_jobs(run_copy) == Counter(extract_features=1, train=sat_models, attention_maps=sighted,
+                                             decode=sat_models, score=sat_models, tables=1, all=1)
 
 
 def test_editing_an_imported_module_reruns_its_rules(run_copy):
@@ -158,3 +164,10 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, edit, named):
     assert result.returncode != 0
     assert named in output
     assert not (workdir / RUN).exists(), "no job may run with an invalid config"
+
+
+def test_shards_become_parallel_jobs_and_a_merge(tmp_path):
+    workdir = copy_workflow(tmp_path / "project")
+    edit_config(workdir, lambda c: c["features"].__setitem__("shards", 3))
+    planned = planned_jobs(workdir)
+    assert planned["extract_features"] == 6 and planned["merge_features"] == 2

@@ -97,6 +97,8 @@ def extract_args(kind):
         return args + f" --boxes {BOXES_JSON}"
     detector = {"min_boxes": 10, "conf_thresh": 0.2, "nms_thresh": 0.3, "pre_nms_top_n": 6000, "post_nms_top_n": 300}
     detector.update({key: k[key] for key in detector if key in k})
+    if k.get("backend", "torchvision") == "detectron2":
+        detector.update(backend="detectron2", detectron2_config=shlex.quote(k.get("detectron2_config", "")))
     options = "".join(f" --{key.replace('_', '-')} {value}" for key, value in detector.items())
     return f"{args} --box-source detector{options}"
 
@@ -114,6 +116,24 @@ def train_inputs(wildcards):
     if "m2_scst" in wildcards.model:
         inputs["init"] = f"{RUN}/models/{scst_parent(wildcards.model)}/checkpoint.pt"
     return inputs
+
+
+def attention_inputs(wildcards):
+    inputs = {
+        "checkpoint": f"{RUN}/models/{wildcards.model}/checkpoint.pt",
+        "features": store_path("grid"),
+        "captions": f"{RUN}/text/captions.json",
+    }
+    if DEMO:
+        inputs["images"] = f"{RUN}/dataset/images"
+    return inputs
+
+
+def attention_outputs():
+    """The SAT attention figures of every sighted SAT model (blind models attend to nothing)."""
+    count = config["evaluate"]["attention_maps"]
+    sat_models = [m for m in MODELS if m.startswith("sat_") and not m.endswith("_blind")]
+    return [f"{RUN}/eval/{m}/attention/{i:02d}.png" for m in sat_models for i in range(count)]
 
 
 def json_arg(obj):

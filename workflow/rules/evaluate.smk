@@ -52,6 +52,29 @@ rule score:
         " --split {params.split} --metrics {params.metrics} --out {output} 2> {log}"
 
 
+rule attention_maps:
+    input:
+        unpack(attention_inputs),
+    output:
+        [f"{RUN}/eval/{{model}}/attention/{i:02d}.png" for i in range(EVALUATE["attention_maps"])],
+    params:
+        split=SPLIT,
+        root=lambda wildcards: IMAGE_ROOT,
+        beam_size=EVALUATE["beam_size"],
+        max_length=EVALUATE["max_length"],
+        code=code("captioner.attention_maps", "captioner.models.sat"),
+    threads: config["train"]["threads"]
+    log:
+        f"{LOGS}/attention_maps/{{model}}.log",
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m captioner attention-maps --checkpoint {input.checkpoint} --features {input.features}"
+        " --captions {input.captions} --image-root {params.root} --split {params.split}"
+        " --beam-size {params.beam_size} --max-length {params.max_length} --threads {threads}"
+        " --out {output} 2> {log}"
+
+
 rule tables:
     input:
         expand(f"{RUN}/eval/{{model}}/scores_{SPLIT}.json", model=MODELS),

@@ -111,12 +111,14 @@ def model_inputs(family: str, data: dict, norm: FeatureNorm, blind: bool, device
     if "num_boxes" in data:  # zero the padded rows after standardisation
         valid = torch.arange(features.shape[1])[None, :] < torch.from_numpy(data["num_boxes"]).long()[:, None]
         features = features * valid[..., None]
-    if blind:
+    full = np.full(len(features), features.shape[1])
+    num_boxes = np.asarray(data.get("num_boxes", full))
+    if blind:  # nothing of the image may leak: neither features nor how many regions it has
         features = torch.zeros_like(features)
+        num_boxes = full
     features = features.to(device, non_blocking=True)
     if family == "m2":
-        num_boxes = torch.from_numpy(np.asarray(data.get("num_boxes", np.full(len(features), features.shape[1]))))
-        return {"features": features, "num_boxes": num_boxes.long().to(device)}
+        return {"features": features, "num_boxes": torch.from_numpy(num_boxes).long().to(device)}
     return {"features": features}
 
 

@@ -124,3 +124,15 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_checkpoint(data, tmp_pat
     with pytest.raises(TrainingError, match=r"non-finite loss .* epoch 4, step \d+"):
         trainer.run()
     assert (tmp_path / "out/last.pt").read_bytes() == good
+
+
+def test_blind_inputs_hide_features_and_region_count():
+    from captioner.checkpoint import FeatureNorm, model_inputs
+
+    data = {"features": np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32),
+            "num_boxes": np.array([2, 4])}
+    norm = FeatureNorm(torch.zeros(3), torch.ones(3))
+    sighted = model_inputs("m2", data, norm, blind=False, device="cpu")
+    assert sighted["num_boxes"].tolist() == [2, 4] and not torch.all(sighted["features"][0, 2:] != 0)
+    blind = model_inputs("m2", data, norm, blind=True, device="cpu")
+    assert blind["num_boxes"].tolist() == [5, 5] and not blind["features"].any()

@@ -59,6 +59,8 @@ def main() -> None:
             stores[name] = (path, size)
         batches = [rng.choice(ids, size=args.batch, replace=False) for _ in range(args.batches)]
         timings = {}
+        for batch in batches:  # warm-up pass: every layout is then read from a warm page cache
+            reference_batch(reference, batch)
         start = time.perf_counter()
         for batch in batches:
             reference_batch(reference, batch)
@@ -66,14 +68,16 @@ def main() -> None:
                                                                    reference.stat().st_size)
         for name, (path, size) in stores.items():
             store = FeatureStore(path)
-            store.gather(batches[0])  # open outside the timing, as a DataLoader worker does once
+            for batch in batches:  # opened once per process, as in a DataLoader worker; warm-up pass
+                store.gather(batch)
             start = time.perf_counter()
             for batch in batches:
                 store.gather(batch)
             timings[f"ours, {name}, fp16"] = (time.perf_counter() - start, size)
     base = timings["M² reference layout (file opened per sample)"][0]
     lines = [f"{args.images} images x {args.boxes} x {args.dim} features, {args.batches} random batches of "
-             f"{args.batch} ids (page cache warm: the files were just written)", "",
+             f"{args.batch} ids, each layout timed after one untimed pass over the same batches (warm page cache). "
+             "The reference returns float32 arrays; ours returns the stored float16 (converted on the device).", "",
              "| layout | ms / batch | images/s | speed-up | size on disk |", "|---|---:|---:|---:|---:|"]
     for name, (seconds, size) in timings.items():
         per_batch = 1000 * seconds / args.batches

@@ -78,7 +78,7 @@ class FeatureNorm:
     std: torch.Tensor
 
     def apply(self, features: torch.Tensor) -> torch.Tensor:
-        return (features - self.mean) / self.std
+        return (features - self.mean.to(features.device)) / self.std.to(features.device)
 
 
 def compute_feature_norm(store, image_ids, max_images: int, seed: int) -> FeatureNorm:
@@ -107,16 +107,15 @@ def compute_feature_norm(store, image_ids, max_images: int, seed: int) -> Featur
 
 def model_inputs(family: str, data: dict, norm: FeatureNorm, blind: bool, device) -> dict:
     """Store arrays -> keyword arguments of the model's ``loss``/``decoder``."""
-    features = norm.apply(torch.from_numpy(data["features"]))
+    features = norm.apply(torch.from_numpy(data["features"]).to(device, non_blocking=True).float())
     if "num_boxes" in data:  # zero the padded rows after standardisation
         valid = torch.arange(features.shape[1])[None, :] < torch.from_numpy(data["num_boxes"]).long()[:, None]
-        features = features * valid[..., None]
+        features = features * valid[..., None].to(features.device)
     full = np.full(len(features), features.shape[1])
     num_boxes = np.asarray(data.get("num_boxes", full))
     if blind:  # nothing of the image may leak: neither features nor how many regions it has
         features = torch.zeros_like(features)
         num_boxes = full
-    features = features.to(device, non_blocking=True)
     if family == "m2":
         return {"features": features, "num_boxes": torch.from_numpy(num_boxes).long().to(device)}
     return {"features": features}

@@ -48,6 +48,13 @@ def _attention(args) -> None:
     attention_from_cli(args)
 
 
+def _import_m2(args) -> None:
+    from captioner.import_m2 import import_checkpoint
+
+    out = import_checkpoint(args.checkpoint, args.vocab, args.out)
+    print(f"converted -> {out}", file=sys.stderr)
+
+
 def _tables(args) -> None:
     from captioner.tables import tables_from_cli
 
@@ -95,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     dec.add_argument("--beam-size", type=int, default=5)
     dec.add_argument("--max-length", type=int, default=20)
     dec.add_argument("--batch-size", type=int, default=50)
+    dec.add_argument("--length-normalization", type=float, default=0.0,
+                     help="rank finished beams by logprob / length**a (0: plain sum)")
     dec.add_argument("--out", required=True, help="predictions JSON (COCO results format)")
     dec.add_argument("--threads", type=int, default=1)
     dec.add_argument("--device", default="auto")
@@ -119,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     att.add_argument("--threads", type=int, default=1)
     att.add_argument("--out", nargs="+", required=True, help="one PNG per image: the first len(out) images")
     att.set_defaults(run=_attention)
+
+    imp = sub.add_parser("import-m2", help="convert the M² authors' checkpoint + vocab.pkl into our checkpoint")
+    imp.add_argument("checkpoint", help="meshed_memory_transformer.pth (trusted: loaded with weights_only=False)")
+    imp.add_argument("vocab", help="the reference's vocab.pkl (read with a restricted unpickler)")
+    imp.add_argument("out", help="our checkpoint path")
+    imp.set_defaults(run=_import_m2)
 
     tab = sub.add_parser("tables", help="results tables from score files")
     tab.add_argument("--scores", nargs="+", required=True)

@@ -169,7 +169,8 @@ def decode_from_cli(args) -> None:
             inputs = bundle.inputs(store.gather(batch_ids))
             state, step = bundle.model.decoder(**inputs)
             result = beam_search(state, step, len(batch_ids), args.beam_size, args.max_length,
-                                 bundle.vocab.bos_id, bundle.vocab.eos_id, bundle.vocab.pad_id)
+                                 bundle.vocab.bos_id, bundle.vocab.eos_id, bundle.vocab.pad_id,
+                                 length_normalization=args.length_normalization)
             for i, image_id in enumerate(batch_ids):
                 words = bundle.vocab.decode(result.tokens[i, 0].tolist()).split()
                 if bundle.collapse_repeats:

@@ -16,6 +16,7 @@ rule decode:
         beam_size=EVALUATE["beam_size"],
         max_length=EVALUATE["max_length"],
         batch_size=EVALUATE["batch_size"],
+        length_norm=EVALUATE.get("length_normalization", 0.0),
         device=config["train"]["device"],
         code=lambda wc: code("captioner.decoding", "captioner.checkpoint", f"captioner.models.{family(wc.model)}"),
     threads: config["train"]["threads"]
@@ -29,6 +30,7 @@ rule decode:
         "python -m captioner decode --checkpoint {input.checkpoint} --features {input.features}"
         " --captions {input.captions} --split {params.split} --beam-size {params.beam_size}"
         " --max-length {params.max_length} --batch-size {params.batch_size} --out {output.predictions}"
+        " --length-normalization {params.length_norm}"
         " --threads {threads} --device {params.device} 2> {log}"
 
 

@@ -15,6 +15,7 @@ export PATH := $(BIN):$(PATH)
 
 demo: setup check-java
 	snakemake --cores $(CORES) --resources gpu=1
+	snakemake --report results/demo/report.html
 
 test: setup check-java
 	python -m pytest $(PYTEST_ARGS)

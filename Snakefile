@@ -15,6 +15,9 @@ if not workflow.overwrite_configfiles:
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
@@ -26,3 +29,4 @@ rule all:
     input:
         TABLES,
         attention_outputs(),
+        extra_split_scores(),

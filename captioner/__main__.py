@@ -48,6 +48,12 @@ def _attention(args) -> None:
     attention_from_cli(args)
 
 
+def _caption(args) -> None:
+    from captioner.caption import caption_from_cli
+
+    caption_from_cli(args)
+
+
 def _import_m2(args) -> None:
     from captioner.import_m2 import import_checkpoint
 
@@ -129,6 +135,17 @@ def main(argv: list[str] | None = None) -> int:
     att.add_argument("--out", nargs="+", required=True, help="one PNG per image: the first len(out) images")
     att.set_defaults(run=_attention)
 
+    cap = sub.add_parser("caption", help="caption your own images with a trained checkpoint")
+    cap.add_argument("--model", required=True, help="checkpoint.pt of a trained model")
+    cap.add_argument("images", nargs="+", help="image files or folders")
+    cap.add_argument("--beam-size", type=int, default=5)
+    cap.add_argument("--max-length", type=int, default=20)
+    cap.add_argument("--boxes", help="for models trained on given boxes: JSON of boxes per image, in input order")
+    cap.add_argument("--device", default="auto")
+    cap.add_argument("--threads", type=int, default=1)
+    cap.add_argument("--out", help="also write the captions as JSON here")
+    cap.set_defaults(run=_caption)
+
     imp = sub.add_parser("import-m2", help="convert the M² authors' checkpoint + vocab.pkl into our checkpoint")
     imp.add_argument("checkpoint", help="meshed_memory_transformer.pth (trusted: loaded with weights_only=False)")
     imp.add_argument("vocab", help="the reference's vocab.pkl (read with a restricted unpickler)")
@@ -140,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     tab.add_argument("--out-csv", required=True)
     tab.add_argument("--out-md", required=True)
     tab.add_argument("--title", default="")
+    tab.add_argument("--published", action="store_true", help="add the papers' published COCO rows")
+    tab.add_argument("--predictions", nargs="*", default=[], help="prediction files for samples.md")
+    tab.add_argument("--captions", help="captions.json (references for samples.md)")
+    tab.add_argument("--split", default="test")
+    tab.add_argument("--samples", type=int, default=5)
+    tab.add_argument("--out-samples", help="samples.md: a few images with every model's caption")
     tab.set_defaults(run=_tables)
 
     args = parser.parse_args(argv)

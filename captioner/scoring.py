@@ -20,7 +20,7 @@ from pathlib import Path
 
 PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",
                "...", ";"}
-METRICS = ("bleu", "meteor", "rouge", "cider")
+METRICS = ("bleu", "meteor", "rouge", "cider", "spice")
 
 
 class JavaMissingError(RuntimeError):
@@ -76,6 +76,25 @@ def spice_status() -> tuple[bool, str]:
     return True, "SPICE jars present"
 
 
+def run_spice(gts: dict, res: dict) -> tuple[float, list[float]]:
+    """SPICE F-score via pycocoevalcap's jar, without its ``-cache`` (which fails on Java >= 16)."""
+    import pycocoevalcap.spice.spice as spice
+
+    jar = Path(spice.__file__).with_name("spice-1.0.jar")
+    java = require_java()
+    ids = list(gts)
+    with tempfile.TemporaryDirectory(prefix="spice-") as tmp:
+        source, target = Path(tmp) / "input.json", Path(tmp) / "output.json"
+        source.write_text(json.dumps([{"image_id": str(i), "test": res[i][0], "refs": gts[i]} for i in ids]))
+        result = subprocess.run([java, "-jar", "-Xmx8G", str(jar), str(source), "-out", str(target), "-subset",
+                                 "-silent"], capture_output=True, cwd=tmp, check=False, timeout=3600)
+        if result.returncode != 0:
+            raise RuntimeError(f"SPICE failed (exit {result.returncode}): {result.stderr.decode()[-500:]}")
+        by_id = {item["image_id"]: item["scores"]["All"]["f"] for item in json.loads(target.read_text())}
+    per = [float(by_id[str(i)]) for i in ids]
+    return sum(per) / len(per), per
+
+
 def score_captions(predictions: dict, references: dict, metrics=METRICS) -> dict:
     """``predictions``: {image_id: caption}; ``references``: {image_id: [captions]}.
 
@@ -125,7 +144,13 @@ def score_captions(predictions: dict, references: dict, metrics=METRICS) -> dict
 
         value, per = Cider().compute_score(gts, res)
         record("CIDEr-D", value, per)
-    return {"corpus": corpus, "per_image": {str(i): v for i, v in per_image.items()}}
+    spice_note = None
+    if "spice" in metrics:
+        available, spice_note = spice_status()
+        if available:
+            value, per = run_spice(gts, res)
+            record("SPICE", value, per)
+    return {"corpus": corpus, "per_image": {str(i): v for i, v in per_image.items()}, "spice": spice_note}
 
 
 def score_from_cli(args) -> None:
@@ -144,11 +169,10 @@ def score_from_cli(args) -> None:
         with open(beams_path, encoding="utf-8") as handle:
             beams = json.load(handle)
         info = {k: beams[k] for k in ("model", "epoch", "beam_size", "max_length") if k in beams}
-    spice_ok, spice_reason = spice_status()
-    scores["spice"] = spice_reason
     scores.update(info, split=args.split, images=len(references))
+    if scores["spice"] is None:
+        scores["spice"] = "SPICE not requested (add spice to evaluate.metrics)"
     write_json(args.out, scores)
     summary = ", ".join(f"{k} {v:.1f}" for k, v in scores["corpus"].items())
     print(f"{info.get('model', args.predictions)} {args.split}: {summary}", file=sys.stderr)
-    if not spice_ok:
-        print(spice_reason, file=sys.stderr)
+    print(scores["spice"], file=sys.stderr)

@@ -255,22 +255,56 @@ def build_detector(config: ExtractorConfig, device: torch.device):
     return model.eval(), record
 
 
-def _write_detections(writer, model, batch, device, rows: int, feature_dim: int) -> None:
+def build_extractor(config: ExtractorConfig, device: torch.device):
+    """The model for ``config`` on ``device``, its weights record, and the store row shape (rows, dim)."""
+    if config.kind == "regions" and config.boxes == "detector":
+        model, weights_record = build_detector(config, device)
+        feature_dim = 2048
+    else:
+        resnet, weights_record = build_resnet(config.backbone, config.weights, config.seed)
+        model = GridExtractor(resnet, config.image_size, config.grid_size) if config.kind == "grid" \
+            else RegionExtractor(resnet)
+        feature_dim = resnet.fc.in_features
+    if isinstance(model, torch.nn.Module):  # the detectron2 wrapper places its model itself
+        model = model.to(device).eval()
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+    rows = config.grid_size ** 2 if config.kind == "grid" else config.max_boxes
+    return model, weights_record, rows, feature_dim
+
+
+def batch_features(model, batch: dict, config: ExtractorConfig, device: torch.device, rows: int,
+                   feature_dim: int) -> dict:
+    """Run the extractor on one collated batch -> the arrays a store row holds (grid: ``features`` only)."""
+    if config.kind == "grid":
+        images = batch["images"].to(device, non_blocking=True)
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        return {"features": model(images).float().cpu().numpy()}
     n = len(batch["image_ids"])
-    feats = np.zeros((n, rows, feature_dim), dtype=np.float32)
-    boxes = np.zeros((n, rows, 4), dtype=np.float32)
-    class_ids = np.full((n, rows), -1, dtype=np.int32)
-    scores = np.zeros((n, rows), dtype=np.float32)
-    num_boxes = np.zeros(n, dtype=np.int32)
-    for i, (image, scale, hw) in enumerate(zip(batch["image_list"], batch["scales"], batch["hw"])):
-        found = model.detect(image) if isinstance(image, np.ndarray) else model.detect(image.to(device), scale, hw)
-        k = len(found["features"])
-        feats[i, :k] = found["features"].float().cpu().numpy()
-        boxes[i, :k] = found["boxes"].float().cpu().numpy()
-        class_ids[i, :k] = found["class_id"].cpu().numpy()
-        scores[i, :k] = found["score"].float().cpu().numpy()
-        num_boxes[i] = k
-    writer.write(batch["image_ids"], feats, num_boxes, boxes, np.asarray(batch["hw"]), class_ids, scores)
+    out = {"features": np.zeros((n, rows, feature_dim), dtype=np.float32),
+           "num_boxes": np.zeros(n, dtype=np.int32), "boxes": np.zeros((n, rows, 4), dtype=np.float32),
+           "image_hw": np.asarray(batch["hw"], dtype=np.int32).reshape(n, 2),
+           "class_ids": np.full((n, rows), -1, dtype=np.int32), "box_scores": np.zeros((n, rows), dtype=np.float32)}
+    if "image_list" in batch:  # detector: one image at a time
+        found = [model.detect(image) if isinstance(image, np.ndarray) else model.detect(image.to(device), scale, hw)
+                 for image, scale, hw in zip(batch["image_list"], batch["scales"], batch["hw"])]
+        found = [{k: v.float().cpu().numpy() if k != "class_id" else v.cpu().numpy() for k, v in f.items()}
+                 for f in found]
+        pieces = [(f["features"], f["boxes"], f["class_id"], f["score"]) for f in found]
+    else:  # given boxes, pooled for the whole batch at once
+        images = batch["images"].to(device, non_blocking=True)
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        scaled = [(b * s).to(device) for b, s in zip(batch["boxes"], batch["scales"])]
+        vectors = model(images, scaled)
+        pieces = [(v.float().cpu().numpy(), b.numpy(), None, None) for v, b in zip(vectors, batch["boxes"])]
+    for i, (feats, boxes, class_ids, scores) in enumerate(pieces):
+        k = len(feats)
+        out["features"][i, :k], out["boxes"][i, :k], out["num_boxes"][i] = feats, boxes, k
+        if class_ids is not None:
+            out["class_ids"][i, :k], out["box_scores"][i, :k] = class_ids, scores
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- run
@@ -306,19 +340,7 @@ def extract(karpathy_json: str | Path, image_root: str | Path, out: str | Path, 
             raise KeyError(f"{boxes_json}: no boxes for image id {absent[0]} ({len(absent)} images without boxes)")
 
     device = pick_device(options.device)
-    if config.kind == "regions" and config.boxes == "detector":
-        model, weights_record = build_detector(config, device)
-        feature_dim = 2048
-    else:
-        resnet, weights_record = build_resnet(config.backbone, config.weights, config.seed)
-        model = GridExtractor(resnet, config.image_size, config.grid_size) if config.kind == "grid" \
-            else RegionExtractor(resnet)
-        feature_dim = resnet.fc.in_features
-    if isinstance(model, torch.nn.Module):  # the detectron2 wrapper places its model itself
-        model = model.to(device).eval()
-        if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-    rows = config.grid_size ** 2 if config.kind == "grid" else config.max_boxes
+    model, weights_record, rows, feature_dim = build_extractor(config, device)
     meta = {
         "extractor": asdict(config),
         "weights_record": weights_record,
@@ -344,25 +366,8 @@ def extract(karpathy_json: str | Path, image_root: str | Path, out: str | Path, 
             errors += batch["errors"]
             failing = errors and options.on_error == "fail"  # keep decoding only to name every bad file
             if batch["image_ids"] and not failing:
-                images = batch["images"].to(device, non_blocking=True) if "images" in batch else None
-                if images is not None and device.type == "cuda":
-                    images = images.contiguous(memory_format=torch.channels_last)
-                if "image_list" in batch:
-                    _write_detections(writer, model, batch, device, rows, feature_dim)
-                elif config.kind == "grid":
-                    feats = model(images).float().cpu().numpy()
-                    writer.write(batch["image_ids"], feats)
-                else:
-                    scaled = [(b * s).to(device) for b, s in zip(batch["boxes"], batch["scales"])]
-                    vectors = model(images, scaled)
-                    padded = np.zeros((len(vectors), rows, feature_dim), dtype=np.float32)
-                    num_boxes = np.zeros(len(vectors), dtype=np.int32)
-                    box_array = np.zeros((len(vectors), rows, 4), dtype=np.float32)
-                    for i, (vec, b) in enumerate(zip(vectors, batch["boxes"])):
-                        padded[i, : len(vec)] = vec.float().cpu().numpy()
-                        num_boxes[i] = len(vec)
-                        box_array[i, : len(b)] = b.numpy()
-                    writer.write(batch["image_ids"], padded, num_boxes, box_array, np.asarray(batch["hw"]))
+                arrays = batch_features(model, batch, config, device, rows, feature_dim)
+                writer.write(batch["image_ids"], **arrays)
                 done += len(batch["image_ids"])
             progress.update(len(batch["image_ids"]) + len(batch["errors"]))
     if errors and options.on_error == "fail":

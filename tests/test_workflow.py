@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.workflow_helpers import TINY_CONFIG, clone_run, copy_workflow, planned_jobs, snakemake
+from tests.workflow_helpers import TINY_CONFIG, clone_run, copy_workflow, environment, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -171,3 +171,32 @@ def test_shards_become_parallel_jobs_and_a_merge(tmp_path):
     edit_config(workdir, lambda c: c["features"].__setitem__("shards", 3))
     planned = planned_jobs(workdir)
     assert planned["extract_features"] == 6 and planned["merge_features"] == 2
+
+
+def test_samples_and_report(run_copy):
+    samples = (run_copy / RUN / "tables/samples.md").read_text()
+    assert all(f"`{m}`" in samples for m in MODELS) and "*reference*" in samples
+    snakemake(run_copy, "--report", "report.html")
+    report = (run_copy / "report.html").read_text(errors="replace")
+    assert len(report) > 10_000 and "scores" in report and "attention" in report.lower()
+
+
+def test_caption_cli_on_a_demo_image(finished_run, tmp_path):
+    import subprocess
+    import sys
+
+    images = sorted((finished_run / RUN / "dataset/images").glob("*.jpg"))[:2]
+    for model in ("sat_soft", "m2_xe"):
+        command = [sys.executable, "-m", "captioner", "caption", "--model",
+                   str(finished_run / RUN / f"models/{model}/checkpoint.pt"), *map(str, images),
+                   "--beam-size", "2", "--out", str(tmp_path / f"{model}.json")]
+        if model == "m2_xe":  # trained on given boxes: the caller supplies them
+            boxes = json.loads((finished_run / RUN / "dataset/boxes.json").read_text())
+            ids = [str(int(p.stem.split("_")[1])) for p in images]
+            (tmp_path / "boxes.json").write_text(json.dumps({i: boxes[i] for i in ids}))
+            command += ["--boxes", str(tmp_path / "boxes.json")]
+        result = subprocess.run(command, capture_output=True, text=True, env=environment(), cwd=finished_run)
+        assert result.returncode == 0, result.stderr
+        captions = json.loads((tmp_path / f"{model}.json").read_text())
+        assert [c["image"] for c in captions] == [str(p) for p in images]
+        assert all(c["caption"] for c in captions)

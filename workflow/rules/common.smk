@@ -15,8 +15,9 @@ LOGS = f"{RUN}/logs"
 DEMO = config["dataset"]["source"] == "demo"
 STORE_SUFFIX = {"hdf5": ".h5", "zarr": ".zarr"}[config["features"]["format"]]
 MODELS = list(config["models"])
-SPLIT = config["evaluate"]["split"]
-TABLES = [f"{RUN}/tables/scores.csv", f"{RUN}/tables/scores.md"]
+SPLIT = config["evaluate"]["split"]  # the split of the results tables
+EXTRA_SPLITS = [s for s in config["evaluate"]["extra_splits"] if s != SPLIT]  # decoded and scored too
+TABLES = [f"{RUN}/tables/scores.csv", f"{RUN}/tables/scores.md", f"{RUN}/tables/samples.md"]
 
 if DEMO:
     KARPATHY_JSON = f"{RUN}/dataset/dataset_coco.json"
@@ -148,5 +149,10 @@ def scst_parent(model):
 BUILDABLE_MODELS = sorted(set(MODELS) | {scst_parent(m) for m in MODELS})
 
 
+def extra_split_scores():
+    return [f"{RUN}/eval/{m}/scores_{s}.json" for m in MODELS for s in EXTRA_SPLITS]
+
+
 wildcard_constraints:
     model="|".join(BUILDABLE_MODELS),
+    split="val|test",

@@ -9,10 +9,9 @@ rule decode:
         features=lambda wc: store_path("grid" if family(wc.model) == "sat" else "regions"),
         captions=f"{RUN}/text/captions.json",
     output:
-        predictions=f"{RUN}/eval/{{model}}/predictions_{SPLIT}.json",
-        beams=f"{RUN}/eval/{{model}}/predictions_{SPLIT}_beams.json",
+        predictions=f"{RUN}/eval/{{model}}/predictions_{{split}}.json",
+        beams=f"{RUN}/eval/{{model}}/predictions_{{split}}_beams.json",
     params:
-        split=SPLIT,
         beam_size=EVALUATE["beam_size"],
         max_length=EVALUATE["max_length"],
         batch_size=EVALUATE["batch_size"],
@@ -23,12 +22,12 @@ rule decode:
     resources:
         gpu=1,
     log:
-        f"{LOGS}/decode/{{model}}.log",
+        f"{LOGS}/decode/{{model}}.{{split}}.log",
     conda:
         "../../envs/train.yaml"
     shell:
         "python -m captioner decode --checkpoint {input.checkpoint} --features {input.features}"
-        " --captions {input.captions} --split {params.split} --beam-size {params.beam_size}"
+        " --captions {input.captions} --split {wildcards.split} --beam-size {params.beam_size}"
         " --max-length {params.max_length} --batch-size {params.batch_size} --out {output.predictions}"
         " --length-normalization {params.length_norm}"
         " --threads {threads} --device {params.device} 2> {log}"
@@ -36,29 +35,32 @@ rule decode:
 
 rule score:
     input:
-        predictions=f"{RUN}/eval/{{model}}/predictions_{SPLIT}.json",
-        beams=f"{RUN}/eval/{{model}}/predictions_{SPLIT}_beams.json",
+        predictions=f"{RUN}/eval/{{model}}/predictions_{{split}}.json",
+        beams=f"{RUN}/eval/{{model}}/predictions_{{split}}_beams.json",
         captions=f"{RUN}/text/captions.json",
     output:
-        f"{RUN}/eval/{{model}}/scores_{SPLIT}.json",
+        f"{RUN}/eval/{{model}}/scores_{{split}}.json",
     params:
-        split=SPLIT,
         metrics=",".join(EVALUATE["metrics"]),
         code=code("captioner.scoring"),
     log:
-        f"{LOGS}/score/{{model}}.log",
+        f"{LOGS}/score/{{model}}.{{split}}.log",
     conda:
         "../../envs/evaluate.yaml"
     shell:
         "python -m captioner score --predictions {input.predictions} --captions {input.captions}"
-        " --split {params.split} --metrics {params.metrics} --out {output} 2> {log}"
+        " --split {wildcards.split} --metrics {params.metrics} --out {output} 2> {log}"
 
 
 rule attention_maps:
     input:
         unpack(attention_inputs),
     output:
-        [f"{RUN}/eval/{{model}}/attention/{i:02d}.png" for i in range(EVALUATE["attention_maps"])],
+        [
+            report(f"{RUN}/eval/{{model}}/attention/{i:02d}.png", category="Attention",
+                   labels={"model": "{model}", "image": f"{i:02d}"})
+            for i in range(EVALUATE["attention_maps"])
+        ],
     params:
         split=SPLIT,
         root=lambda wildcards: IMAGE_ROOT,
@@ -79,17 +81,23 @@ rule attention_maps:
 
 rule tables:
     input:
-        expand(f"{RUN}/eval/{{model}}/scores_{SPLIT}.json", model=MODELS),
+        scores=expand(f"{RUN}/eval/{{model}}/scores_{SPLIT}.json", model=MODELS),
+        predictions=expand(f"{RUN}/eval/{{model}}/predictions_{SPLIT}.json", model=MODELS),
+        captions=f"{RUN}/text/captions.json",
     output:
-        csv=TABLES[0],
-        md=TABLES[1],
+        csv=report(TABLES[0], category="Results", labels={"table": "scores (CSV)"}),
+        md=report(TABLES[1], category="Results", labels={"table": "scores"}),
+        samples=report(TABLES[2], category="Results", labels={"table": "sample captions"}),
     params:
         title=f"Results: {config['run']}",
+        split=SPLIT,
+        published="--published" if EVALUATE["published_rows"] else "",
         code=code("captioner.tables"),
     log:
         f"{LOGS}/tables.log",
     conda:
         "../../envs/evaluate.yaml"
     shell:
-        "python -m captioner tables --scores {input} --out-csv {output.csv} --out-md {output.md}"
-        " --title {params.title:q} 2> {log}"
+        "python -m captioner tables --scores {input.scores} --predictions {input.predictions}"
+        " --captions {input.captions} --split {params.split} {params.published} --out-csv {output.csv}"
+        " --out-md {output.md} --out-samples {output.samples} --title {params.title:q} 2> {log}"

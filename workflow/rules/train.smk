@@ -7,7 +7,7 @@ rule train:
     output:
         checkpoint=f"{RUN}/models/{{model}}/checkpoint.pt",
         metrics=f"{RUN}/models/{{model}}/metrics.csv",
-        curve=f"{RUN}/models/{{model}}/curve.png",
+        curve=report(f"{RUN}/models/{{model}}/curve.png", category="Training curves", labels={"model": "{model}"}),
     params:
         hparams=lambda wc: json_arg(hparams(wc.model)),
         init=lambda wc, input: f"--init {input.init}" if "init" in input.keys() else "",

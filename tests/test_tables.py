@@ -1,0 +1,40 @@
+import csv
+import io
+import json
+
+from captioner.tables import build_rows, published_rows, samples_markdown, to_csv, to_markdown
+
+
+def write_scores(path, model, cider, bleu4):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"model": model, "epoch": 3, "beam_size": 5, "split": "test", "images": 2,
+                                "corpus": {"BLEU-4": bleu4, "CIDEr-D": cider}, "per_image": {}}))
+    return path
+
+
+def test_tables_come_from_score_files(tmp_path):
+    files = [write_scores(tmp_path / "a/scores_test.json", "sat_soft", 101.234, 30.0),
+             write_scores(tmp_path / "b/scores_test.json", "sat_soft_blind", 20.0, 10.5)]
+    rows = build_rows(files)
+    table = list(csv.DictReader(io.StringIO(to_csv(rows))))
+    assert [r["model"] for r in table] == ["sat_soft", "sat_soft_blind"]
+    assert table[0]["CIDEr-D"] == "101.23" and table[1]["BLEU-4"] == "10.5" and table[0]["epoch"] == "3"
+    assert "| `sat_soft` | 30.0 | 101.2 | 5 | 3 |" in to_markdown(rows)
+    markdown = to_markdown(rows + published_rows(), "demo")
+    assert "| `sat_soft` | – | – | – | 30.0 | – | – | 101.2 | – | 5 | 3 |" in markdown
+    assert "*published: Cornia et al. 2020, M² Transformer*" in markdown and "131.2" in markdown
+    assert "not produced by this pipeline" in markdown
+    assert "published" not in to_markdown(rows)
+
+
+def test_samples_list_every_model_next_to_a_reference(tmp_path):
+    captions = {"splits": {"test": [{"image_id": 5, "path": "x/5.jpg", "refs": ["a red circle", "x"]},
+                                    {"image_id": 6, "path": "x/6.jpg", "refs": ["a blue star"]}]}}
+    for model, text in (("sat_soft", "a red thing"), ("m2_xe", "a red circle")):
+        (tmp_path / model).mkdir()
+        (tmp_path / model / "predictions_test.json").write_text(
+            json.dumps([{"image_id": 5, "caption": text}, {"image_id": 6, "caption": "a star"}]))
+    text = samples_markdown([tmp_path / "sat_soft/predictions_test.json", tmp_path / "m2_xe/predictions_test.json"],
+                            captions, "test", 1)
+    assert "*reference*: a red circle" in text and "`sat_soft`: a red thing" in text and "`m2_xe`: a red circle" in text
+    assert "image 6" not in text

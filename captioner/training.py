@@ -274,10 +274,7 @@ class Trainer:
                 refs.append(image_refs)
         rewards = torch.tensor(self.reward_cider.score(hyps, refs), dtype=torch.float32,
                                device=self.device).view(len(image_indices), k)
-        baseline = rewards.mean(dim=1, keepdim=True)
-        mean_logprob = result.token_logprobs.mean(dim=-1)  # over all steps, as the reference
-        loss = -((rewards - baseline) * mean_logprob).mean()
-        return loss, {"reward": float(rewards.mean())}
+        return scst_loss(result.token_logprobs, rewards), {"reward": float(rewards.mean())}
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -357,6 +354,13 @@ def write_metrics(history: list[dict], csv_path: Path, png_path: Path, title: st
     with atomic.atomic_path(png_path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def scst_loss(token_logprobs: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    """Self-critical loss over (images, beams, steps) log-probs: the baseline of each beam is the mean reward of
+    its image's beams; log-probs are averaged over all steps (zeros after <eos> included), as the reference."""
+    advantage = rewards - rewards.mean(dim=1, keepdim=True)
+    return -(advantage * token_logprobs.mean(dim=-1)).mean()
 
 
 def train_from_cli(args) -> None:

@@ -16,6 +16,10 @@ def test_equals_pycocoevalcap_on_hundreds_of_captions():
     rng = random.Random(0)
     refs = {i: [random_caption(rng) for _ in range(rng.randint(1, 5))] for i in range(300)}
     hyps = {i: [random_caption(rng) if i % 3 else refs[i][0]] for i in refs}
+    hyps[1] = [""]  # empty hypothesis
+    hyps[2] = ["zebra zebra zebra unseen"]  # words no reference has, repeated
+    hyps[4] = ["dog"]  # no bigram at all
+    refs[5] = ["cat"]
     expected_mean, expected = Cider().compute_score(refs, hyps)
     ours = CiderD(refs.values()).score([hyps[i][0] for i in refs], [refs[i] for i in refs])
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-6)

@@ -138,3 +138,43 @@ def test_blind_inputs_hide_features_and_region_count():
     assert sighted["num_boxes"].tolist() == [2, 4] and not torch.all(sighted["features"][0, 2:] != 0)
     blind = model_inputs("m2", data, norm, blind=True, device="cpu")
     assert blind["num_boxes"].tolist() == [5, 5] and not blind["features"].any()
+
+
+def test_scst_gradient_follows_the_reward():
+    """The SCST loss has the gradient of the reward-weighted log-likelihood of the beams, and a small step along
+    it moves probability towards the beams with above-average reward."""
+    from captioner.decoding import beam_search
+    from captioner.models.m2 import M2Config, MeshedMemoryTransformer
+    from captioner.training import scst_loss
+
+    torch.manual_seed(0)
+    model = MeshedMemoryTransformer(M2Config(vocab_size=12, feature_dim=6, d_model=16, heads=2, d_ff=32,
+                                             encoder_layers=1, decoder_layers=1, memory_slots=2, dropout=0.0))
+    feats, num_boxes = torch.randn(1, 4, 6), torch.tensor([4])
+
+    def sequence_logprob(tokens):
+        """log p of each returned beam by teacher forcing (B, k)."""
+        b, k, t = tokens.shape
+        caps = torch.cat([torch.ones(b * k, 1, dtype=torch.long), tokens.reshape(b * k, t)], 1)
+        log_probs = model(feats.repeat_interleave(k, 0), num_boxes.repeat_interleave(k), caps[:, :-1])
+        mask = (caps[:, 1:] != 0).float()
+        return (log_probs.gather(2, caps[:, 1:, None])[..., 0] * mask).sum(1).view(b, k)
+
+    result = beam_search(*model.decoder(feats, num_boxes), 1, 3, 6, 1, 2, 0, n_best=3, stop_when_done=False)
+    rewards = torch.tensor([[1.0, 0.0, -1.0]])
+    advantage = rewards - rewards.mean(1, keepdim=True)
+    loss = scst_loss(result.token_logprobs, rewards)
+    # the beam's log-probs carry the gradient of the teacher-forced reward-weighted objective
+    steps = result.tokens.shape[-1]
+    objective = -(advantage * sequence_logprob(result.tokens) / steps).mean()
+    weights = model.word_emb.weight
+    grad_beam = torch.autograd.grad(loss, weights, retain_graph=True)[0]
+    torch.testing.assert_close(grad_beam, torch.autograd.grad(objective, weights)[0], atol=1e-6, rtol=1e-4)
+    with torch.no_grad():
+        before = sequence_logprob(result.tokens)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)  # a small step: first-order behaviour
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        change = sequence_logprob(result.tokens) - before
+    assert (change * advantage).sum() > 0  # better-than-average beams gained probability mass

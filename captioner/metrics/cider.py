@@ -1,25 +1,25 @@
-"""CIDEr-D with document frequencies fixed in advance.
+"""CIDEr-D with document frequencies fixed in advance, vectorised per batch (SCST calls it every step).
 
-Same definition as pycocoevalcap's ``Cider`` (which is CIDEr-D: tf-idf n-gram vectors for n=1..4,
-clipped hypothesis weights, Gaussian length penalty with sigma 6, mean over n and references, x10),
-but the document frequencies come from a corpus chosen by the caller: the training references for
-SCST rewards, or the evaluated references themselves to reproduce pycocoevalcap's corpus score.
-Each document is one image's set of references, as in pycocoevalcap.
+Same definition as pycocoevalcap's ``Cider`` (which is CIDEr-D: tf-idf n-gram vectors for n=1..4, clipped
+hypothesis weights, Gaussian length penalty with sigma 6, mean over n and references, x10), but the document
+frequencies come from a corpus chosen by the caller: the training references for SCST rewards, or the
+evaluated references themselves to reproduce pycocoevalcap's corpus score. Each document is one image's set
+of references, as in pycocoevalcap.
+
+How it is fast: words become integers and every n-gram one int64 code (base-B digits, B > #words, so codes
+of different orders never collide); document frequencies are a sorted code array. A batch's sentences are
+turned into (sentence, code, tf) triples with a few NumPy calls, reference sets are cached, and the clipped
+dot products of all (hypothesis, reference) pairs come from one sorted join.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from typing import Iterable, Sequence
 
 import numpy as np
 
-Tokens = Sequence[str]
-
-
-def ngram_counts(tokens: Tokens, n: int = 4) -> Counter:
-    return Counter(tuple(tokens[i:i + k]) for k in range(1, n + 1) for i in range(len(tokens) - k + 1))
+CODE_BASE = 55_000  # words get ids 1..CODE_BASE-1; CODE_BASE**4 still fits in int64
 
 
 def _split(caption) -> list:
@@ -27,56 +27,144 @@ def _split(caption) -> list:
 
 
 class CiderD:
-    def __init__(self, reference_corpus: Iterable[Sequence], n: int = 4, sigma: float = 6.0):
+    def __init__(self, reference_corpus: Iterable[Sequence], n: int = 4, sigma: float = 6.0,
+                 cache_size: int = 200_000):
         """``reference_corpus``: per image, its references (strings of space-separated tokens or token lists)."""
         self.n, self.sigma = n, sigma
-        self.document_frequency: Counter = Counter()
-        documents = 0
-        for refs in reference_corpus:
-            documents += 1
-            seen = set()
-            for ref in refs:
-                seen.update(ngram_counts(_split(ref), n))
-            self.document_frequency.update(seen)
-        if documents == 0:
+        self._word_id: dict[str, int] = {}
+        documents = [list(refs) for refs in reference_corpus]
+        if not documents:
             raise ValueError("CIDEr-D needs at least one reference document")
-        self.ref_len = math.log(float(documents))
+        self.ref_len = math.log(float(len(documents)))
+        # document frequency: in how many reference *sets* each n-gram occurs
+        codes, owner, _ = self._codes(*self._ids([sentence for refs in documents for sentence in refs]))
+        document = np.repeat(np.arange(len(documents)), [len(refs) for refs in documents])[owner]
+        pairs = np.unique(np.stack([document, codes], axis=1), axis=0)  # (document, code) once each
+        codes, counts = np.unique(pairs[:, 1], return_counts=True)
+        self._df_codes, self._df_counts = codes, counts.astype(np.float64)
+        self._cache: dict = {}
+        self._cache_size = cache_size
 
-    def _vector(self, counts: Counter):
-        vec = [dict() for _ in range(self.n)]
-        norm = [0.0] * self.n
-        length = 0
-        for ngram, tf in counts.items():
-            k = len(ngram) - 1
-            weight = float(tf) * (self.ref_len - math.log(max(1.0, self.document_frequency.get(ngram, 0.0))))
-            vec[k][ngram] = weight
-            norm[k] += weight * weight
-            if k == 1:  # pycocoevalcap measures length in bigrams
-                length += tf
-        return vec, [math.sqrt(x) for x in norm], length
+    # ------------------------------------------------------------------------------------------- encoding
+    def _new_id(self, word: str) -> int:
+        if len(self._word_id) + 1 >= CODE_BASE:
+            raise ValueError(f"more than {CODE_BASE - 1} distinct words: n-gram codes would overflow")
+        index = self._word_id[word] = len(self._word_id) + 1  # 0 is never a word
+        return index
 
-    def _similarity(self, hyp, ref) -> float:
-        (vh, nh, lh), (vr, nr, lr) = hyp, ref
-        penalty = math.exp(-((lh - lr) ** 2) / (2 * self.sigma ** 2))
-        total = 0.0
-        for k in range(self.n):
-            value = sum(min(w, vr[k].get(g, 0.0)) * vr[k].get(g, 0.0) for g, w in vh[k].items())
-            if nh[k] != 0 and nr[k] != 0:
-                value /= nh[k] * nr[k]
-            total += value * penalty
-        return total
+    def _ids(self, sentences: Sequence) -> tuple[np.ndarray, np.ndarray]:
+        """Word ids of several sentences, concatenated, and each sentence's length."""
+        split = [_split(s) for s in sentences]
+        lengths = np.fromiter((len(words) for words in split), dtype=np.int64, count=len(split))
+        lookup = self._word_id.get
+        ids = [lookup(w) or self._new_id(w) for words in split for w in words]
+        return np.asarray(ids, dtype=np.int64), lengths
 
+    def _codes(self, ids: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every n-gram of several sentences (word ids concatenated): codes, owning sentence, order (0-based)."""
+        owner = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+        position = np.arange(len(ids)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        codes, owners, orders = [], [], []
+        for k in range(1, self.n + 1):
+            start = np.flatnonzero(position + k <= lengths[owner])  # n-grams that stay inside their sentence
+            code = np.zeros(len(start), dtype=np.int64)
+            for j in range(k):
+                code += ids[start + j] * (CODE_BASE ** j)
+            codes.append(code)
+            owners.append(owner[start])
+            orders.append(np.full(len(start), k - 1, dtype=np.int64))
+        return np.concatenate(codes), np.concatenate(owners), np.concatenate(orders)
+
+    def _vectors(self, sentences: Sequence) -> dict:
+        """tf-idf entries of several sentences: flat arrays (sentence, code, order, weight) + norms and lengths."""
+        count = len(sentences)
+        codes, owner, orders = self._codes(*self._ids(sentences))
+        # compact each code to a small integer (its slot in the df table, or a new slot for unseen n-grams) so that
+        # (sentence, n-gram) fits one int64 key and term frequencies come from a single np.unique
+        known = np.zeros(len(codes), dtype=bool)
+        slot = np.zeros(len(codes), dtype=np.int64)
+        if len(self._df_codes):
+            slot = np.minimum(np.searchsorted(self._df_codes, codes), len(self._df_codes) - 1)
+            known = self._df_codes[slot] == codes
+        unseen, unseen_slot = np.unique(codes[~known], return_inverse=True)
+        slot[~known] = len(self._df_codes) + unseen_slot
+        width = len(self._df_codes) + len(unseen)
+        keys, first, tf = np.unique(owner * width + slot, return_index=True, return_counts=True)
+        tf = tf.astype(np.float64)
+        owner, codes, orders, slot, known = owner[first], codes[first], orders[first], slot[first], known[first]
+        df = np.where(known, self._df_counts[np.minimum(slot, max(len(self._df_counts) - 1, 0))]
+                      if len(self._df_counts) else 0.0, 0.0)
+        weight = tf * (self.ref_len - np.log(np.maximum(1.0, df)))
+        norms = np.zeros((count, self.n))
+        np.add.at(norms, (owner, orders), weight ** 2)
+        bigram = orders == 1  # pycocoevalcap measures length in bigrams
+        lengths = np.bincount(owner[bigram], weights=tf[bigram], minlength=count)
+        return {"owner": owner, "code": codes, "order": orders, "weight": weight, "norm": np.sqrt(norms),
+                "length": lengths}
+
+    def _split_vectors(self, vectors: dict, sizes: list[int]) -> list[dict]:
+        """Cut the vectors of concatenated sentence groups back into one dict per group."""
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        cuts = np.searchsorted(vectors["owner"], bounds)
+        groups = []
+        for g in range(len(sizes)):
+            lo, hi = cuts[g], cuts[g + 1]
+            groups.append({"owner": vectors["owner"][lo:hi] - bounds[g], "code": vectors["code"][lo:hi],
+                           "order": vectors["order"][lo:hi], "weight": vectors["weight"][lo:hi],
+                           "norm": vectors["norm"][bounds[g]:bounds[g + 1]],
+                           "length": vectors["length"][bounds[g]:bounds[g + 1]]})
+        return groups
+
+    def _hypotheses_and_references(self, hypotheses: Sequence, references: Sequence[Sequence]):
+        """Vectors of the hypotheses and of each reference set, computed in one pass with the sets not cached yet."""
+        keys = [tuple(refs) for refs in references]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._cache))
+        if missing and len(self._cache) + len(missing) > self._cache_size:
+            self._cache.clear()
+        sentences = list(hypotheses) + [sentence for key in missing for sentence in key]
+        groups = self._split_vectors(self._vectors(sentences), [len(hypotheses)] + [len(key) for key in missing])
+        self._cache.update(zip(missing, groups[1:]))
+        return groups[0], [self._cache[key] for key in keys]
+
+    # ------------------------------------------------------------------------------------------- scoring
     def score(self, hypotheses: Sequence, references: Sequence[Sequence]) -> np.ndarray:
         """CIDEr-D of each hypothesis against its own references."""
         if len(hypotheses) != len(references):
             raise ValueError("one reference list per hypothesis")
-        scores = np.zeros(len(hypotheses))
-        ref_cache: dict[int, list] = {}
-        for i, (hyp, refs) in enumerate(zip(hypotheses, references)):
-            key = id(refs)
-            if key not in ref_cache:  # SCST repeats each image's references for every beam
-                ref_cache[key] = [self._vector(ngram_counts(_split(r), self.n)) for r in refs]
-            hyp_vec = self._vector(ngram_counts(_split(hyp), self.n))
-            sims = [self._similarity(hyp_vec, r) for r in ref_cache[key]]
-            scores[i] = 10.0 * sum(sims) / self.n / len(sims)
-        return scores
+        if not len(hypotheses):
+            return np.zeros(0)
+        hyp, ref_sets = self._hypotheses_and_references(hypotheses, references)
+        # every (hypothesis, reference) pair, references concatenated per hypothesis
+        refs_per_hyp = np.array([len(refs) for refs in references])
+        if (refs_per_hyp == 0).any():
+            raise ValueError("every hypothesis needs at least one reference")
+        pair_offset = np.concatenate([[0], np.cumsum(refs_per_hyp)[:-1]])
+        pairs = int(refs_per_hyp.sum())
+        pair_hyp = np.repeat(np.arange(len(hypotheses)), refs_per_hyp)
+        ref_pair = np.concatenate([r["owner"] + offset for r, offset in zip(ref_sets, pair_offset)])
+        ref_code = np.concatenate([r["code"] for r in ref_sets])
+        ref_weight = np.concatenate([r["weight"] for r in ref_sets])
+        ref_norm = np.concatenate([r["norm"] for r in ref_sets])
+        ref_length = np.concatenate([r["length"] for r in ref_sets])
+        # hypothesis entries repeated once per reference of that hypothesis
+        entries_per_hyp = np.bincount(hyp["owner"], minlength=len(hypotheses))
+        hyp_start = np.concatenate([[0], np.cumsum(entries_per_hyp)[:-1]])
+        reps = entries_per_hyp[pair_hyp]
+        base = np.repeat(hyp_start[pair_hyp], reps)
+        within = np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps)
+        hyp_index = base + within
+        hyp_pair = np.repeat(np.arange(pairs), reps)
+        # join on (pair, code): compact the codes first so the joint key fits in int64
+        _, compact = np.unique(np.concatenate([hyp["code"][hyp_index], ref_code]), return_inverse=True)
+        width = int(compact.max()) + 1 if len(compact) else 1
+        hyp_key = hyp_pair * width + compact[: len(hyp_index)]
+        ref_key = ref_pair * width + compact[len(hyp_index):]
+        _, hi, ri = np.intersect1d(hyp_key, ref_key, assume_unique=True, return_indices=True)
+        wh, wr = hyp["weight"][hyp_index[hi]], ref_weight[ri]
+        per_order = np.zeros((pairs, self.n))
+        np.add.at(per_order, (hyp_pair[hi], hyp["order"][hyp_index[hi]]), np.minimum(wh, wr) * wr)
+        norm_product = hyp["norm"][pair_hyp] * ref_norm
+        per_order = np.where(norm_product != 0, per_order / np.where(norm_product != 0, norm_product, 1.0), per_order)
+        delta = hyp["length"][pair_hyp] - ref_length
+        pair_score = per_order.sum(axis=1) * np.exp(-(delta ** 2) / (2 * self.sigma ** 2))
+        return 10.0 * np.bincount(pair_hyp, weights=pair_score, minlength=len(hypotheses)) / self.n / refs_per_hyp

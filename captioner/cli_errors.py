@@ -33,7 +33,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 
 
 def run_cleanly(function, args) -> int:
-    """Run ``function(args)``; expected errors print ``error: ...`` and exit 1 (set CAPTIONER_DEBUG=1 for tracebacks)."""
+    """Run ``function(args)``; expected errors print ``error: ...`` and exit 1 (CAPTIONER_DEBUG=1: tracebacks)."""
     try:
         result = function(args)
     except expected_errors() as error:

@@ -10,7 +10,6 @@ since a beam's parent is always a beam of the same image.
 from __future__ import annotations
 
 import itertools
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +95,8 @@ def beam_search(state: dict, step, batch_size: int, beam_size: int, max_length: 
     out_tokens = history[pick].view(batch_size, n_best, T)
     out_tokens = _pad_after_eos(out_tokens, eos_id, pad_id)
     stacked = torch.stack(extras, 1)[pick].view(batch_size, n_best, T, *extras[0].shape[1:]) if extras else None
-    return BeamResult(tokens=out_tokens, scores=ranking.gather(1, order), logprob=scores.view(batch_size, k).gather(1, order),
+    return BeamResult(tokens=out_tokens, scores=ranking.gather(1, order),
+                      logprob=scores.view(batch_size, k).gather(1, order),
                       token_logprobs=token_logprobs[pick].view(batch_size, n_best, T), extras=stacked)
 
 

@@ -200,8 +200,8 @@ class Trainer:
 
     def _apply_update(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
-            raise TrainingError(f"non-finite loss ({float(loss.detach())}) at epoch {self.epoch + 1}, step {self.step + 1}; "
-                                f"the last good checkpoint is {self.out_dir / 'last.pt'}")
+            raise TrainingError(f"non-finite loss ({float(loss.detach())}) at epoch {self.epoch + 1}, "
+                                f"step {self.step + 1}; the last good checkpoint is {self.out_dir / 'last.pt'}")
         lr = self._lr_for_step()
         if lr is not None:
             for group in self.optimizer.param_groups:

@@ -11,7 +11,6 @@ RoI-pooled to 14x14 on res4, passed through res5 and mean-pooled to one vector p
 from __future__ import annotations
 
 import hashlib
-import math
 import platform
 import sys
 import time

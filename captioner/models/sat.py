@@ -157,7 +157,8 @@ class ShowAttendTell(nn.Module):
         loss = -sentence_logp.mean()
         penalty = self.doubly_stochastic_penalty(out["alphas"], mask).mean()
         loss = loss + c.doubly_stochastic * penalty
-        metrics = {"nll_per_token": float(-token_logp.detach().sum() / mask.sum()), "ds_penalty": float(penalty.detach())}
+        metrics = {"nll_per_token": float(-token_logp.detach().sum() / mask.sum()),
+                   "ds_penalty": float(penalty.detach())}
         if sample:
             # REINFORCE on the attention locations, with the paper's moving-average baseline
             reward = sentence_logp.detach()

@@ -158,7 +158,7 @@ def decode_from_cli(args) -> None:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     bundle = load_for_inference(args.checkpoint, device)
-    store = FeatureStore(args.features, preload=True)
+    store = FeatureStore(args.features)  # the split is read once, batch by batch: no need to hold the store in RAM
     images = load_captions(args.captions)["splits"][args.split]
     ids = [item["image_id"] for item in images]
     store.check_ids(ids)

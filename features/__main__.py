@@ -51,16 +51,19 @@ def _verify(args) -> int:
         print(f"FAIL {error}")
         return 1
     problems = []
-    data = store.gather(store.image_ids)
-    feats = data["features"]
-    bad = ~np.isfinite(feats.reshape(len(feats), -1)).all(axis=1)
-    if bad.any():
-        problems.append(f"non-finite values for image ids {store.image_ids[bad][:10].tolist()}")
-    if store.kind == "regions":
-        nb = data["num_boxes"]
-        out_of_range = (nb < 0) | (nb > store.rows_per_image)
-        if out_of_range.any():
-            problems.append(f"num_boxes out of range for ids {store.image_ids[out_of_range][:10].tolist()}")
+    bad_ids, out_of_range = [], []
+    for start in range(0, len(store), 512):  # in slices: a COCO store does not fit in memory
+        ids = store.image_ids[start:start + 512]
+        data = store.gather(ids)
+        feats = data["features"]
+        bad_ids += ids[~np.isfinite(feats.reshape(len(feats), -1)).all(axis=1)].tolist()
+        if store.kind == "regions":
+            nb = data["num_boxes"]
+            out_of_range += ids[(nb < 0) | (nb > store.rows_per_image)].tolist()
+    if bad_ids:
+        problems.append(f"non-finite values for {len(bad_ids)} image(s), ids {bad_ids[:10]}")
+    if out_of_range:
+        problems.append(f"num_boxes out of range for ids {out_of_range[:10]}")
     if args.split_file:
         wanted = {image.image_id for image in karpathy.load(args.split_file).images}
         missing = sorted(wanted - set(store.image_ids.tolist()))

@@ -39,6 +39,7 @@ class SATConfig:
     attention: str = "soft"  # soft | hard
     doubly_stochastic: float = 1.0  # lambda
     entropy_weight: float = 0.002  # lambda_e (hard attention)
+    reinforce_scale: float = 0.1  # hard: the authors' code scales the REINFORCE gradient by 1/10
     baseline_decay: float = 0.9  # b <- decay * b + (1 - decay) * log p(y|s,a)
     expected_context_p: float = 0.5  # hard: probability per batch of using the expected context
     pad_id: int = 0
@@ -169,7 +170,7 @@ class ShowAttendTell(nn.Module):
             log_p_s = (out["log_p_s"] * mask).sum(1)
             entropy = -(out["alphas"] * torch.log(out["alphas"].clamp_min(1e-12))).sum(-1)
             entropy = (entropy * mask).sum(1)
-            loss = loss - (advantage * log_p_s).mean() - c.entropy_weight * entropy.mean()
+            loss = loss - c.reinforce_scale * (advantage * log_p_s).mean() - c.entropy_weight * entropy.mean()
             with torch.no_grad():
                 self.reinforce_baseline.mul_(c.baseline_decay).add_((1 - c.baseline_decay) * reward.mean())
             metrics["baseline"] = float(self.reinforce_baseline)

@@ -8,7 +8,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import append_results  # noqa: E402
@@ -34,7 +33,6 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     rows = ["| case | images | images/s | decode+resize share |", "|---|---:|---:|---:|"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -114,8 +114,8 @@ class Trainer:
         self.model.to(self.device)
         if self.name.variant == "scst":
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(self.hp["scst_lr"]))
-            train_refs = [[" ".join(tokenize(r)) for r in image["refs"]] for image in self.train_images]
-            self.reward_cider = CiderD(train_refs)  # document frequencies of the *training* references
+            self.train_refs = [[" ".join(tokenize(r)) for r in image["refs"]] for image in self.train_images]
+            self.reward_cider = CiderD(self.train_refs)  # document frequencies of the *training* references
         elif self.name.family == "m2":
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(self.hp["lr"]), betas=(0.9, 0.98))
         else:
@@ -268,7 +268,7 @@ class Trainer:
                              self.vocab.eos_id, self.vocab.pad_id, n_best=k, stop_when_done=False)
         hyps, refs = [], []
         for b, i in enumerate(image_indices):
-            image_refs = [" ".join(tokenize(r)) for r in self.train_images[i]["refs"]]
+            image_refs = self.train_refs[i]
             for beam in range(k):
                 hyps.append(self.vocab.decode(result.tokens[b, beam].tolist()))
                 refs.append(image_refs)

@@ -41,5 +41,10 @@ def run_cleanly(function, args) -> int:
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
+        from features.store import StoreWriteError
+
+        if isinstance(error, StoreWriteError):  # h5py's finalisers crash on a store whose write failed
+            sys.stderr.flush()
+            os._exit(1)
         return 1
     return int(result or 0)

@@ -135,9 +135,9 @@ class Trainer:
             return
         try:
             checkpoint = load_checkpoint(last)
-        except CheckpointError as error:
-            print(f"warning: ignoring unreadable {last}: {error}", file=sys.stderr)
-            return
+        except CheckpointError as error:  # never half-load; never silently overwrite what may be weeks of work
+            raise CheckpointError(f"{error}. Refusing to resume from it or overwrite it; move it away to "
+                                  f"train {self.name.name} from scratch") from None
         if checkpoint.get("hparams") != self.hp or checkpoint.get("name") != self.name.name:
             print(f"warning: {last} was written with other settings; starting afresh", file=sys.stderr)
             return

@@ -54,7 +54,7 @@ def _verify(args) -> int:
     bad_ids, out_of_range = [], []
     for start in range(0, len(store), 512):  # in slices: a COCO store does not fit in memory
         ids = store.image_ids[start:start + 512]
-        data = store.gather(ids)
+        data = store.gather(ids, require_finite=False)  # count them all instead of stopping at the first
         feats = data["features"]
         bad_ids += ids[~np.isfinite(feats.reshape(len(feats), -1)).all(axis=1)].tolist()
         if store.kind == "regions":

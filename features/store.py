@@ -37,6 +37,10 @@ class StoreError(RuntimeError):
     """A store is missing, corrupt, incomplete or holds bad values."""
 
 
+class StoreWriteError(StoreError):
+    """Writing failed midway (disk full, quota, I/O error): the store handle is unusable from here on."""
+
+
 def backend_for(path: str | Path) -> str:
     suffix = Path(path).suffix.lower()
     if suffix in HDF5_SUFFIXES:
@@ -177,12 +181,17 @@ class StoreWriter:
         self.row_of = {int(i): r for r, i in enumerate(self.image_ids)}
         meta = dict(meta or {}, kind=kind, dtype=dtype, rows_per_image=rows_per_image, feature_dim=feature_dim)
         self.meta = meta
+        self.failed = False
         if resume and self._can_resume(rows_per_image, feature_dim):
             self.store = _open(self.partial, "r+" if self.backend == "hdf5" else "a", self.backend)
             self.written = np.asarray(self.store["written"][:], dtype=bool)
             old_errors = self.store.get_meta().get("errors", [])
             self.meta["errors"] = old_errors
+            if not compression:
+                self._check_free_space(int((~self.written).sum()), rows_per_image, feature_dim)
             return
+        if not compression:  # compressed size is unknown in advance
+            self._check_free_space(len(self.image_ids), rows_per_image, feature_dim)
         if self.partial.exists():
             shutil.rmtree(self.partial) if self.partial.is_dir() else self.partial.unlink()
         self.partial.parent.mkdir(parents=True, exist_ok=True)
@@ -202,6 +211,18 @@ class StoreWriter:
         self.meta.setdefault("errors", [])
         self.store.set_meta(self.meta)
         self.written = np.zeros(n, dtype=bool)
+
+    def _check_free_space(self, images: int, rows_per_image: int, feature_dim: int) -> None:
+        """Refuse to start when the disk cannot hold the rows still to write (rather than fail hours later)."""
+        row_bytes = feature_dim * np.dtype(self.dtype).itemsize + (4 * 4 + 8 if self.kind == "regions" else 0)
+        needed = images * rows_per_image * row_bytes
+        folder = self.partial.parent.absolute()
+        while not folder.exists():
+            folder = folder.parent
+        free = shutil.disk_usage(folder).free
+        if needed > free:
+            raise StoreError(f"{self.path}: needs about {needed / 2**20:.1f} MiB for {images} images but only "
+                             f"{free / 2**20:.1f} MiB are free on {folder}; free space or write the store elsewhere")
 
     def _can_resume(self, rows_per_image: int, feature_dim: int) -> bool:
         if not self.partial.exists():
@@ -229,6 +250,14 @@ class StoreWriter:
         image_ids = np.asarray(image_ids, dtype=np.int64)
         features = np.asarray(features, dtype=np.float32)
         check_finite(features, image_ids, self.dtype)
+        try:
+            self._write(image_ids, features, num_boxes, boxes, image_hw, class_ids, box_scores)
+        except (OSError, RuntimeError) as error:  # disk full, quota, file size limit, I/O error
+            self.failed = True
+            raise StoreWriteError(f"{self.partial}: writing features failed ({error}). Is the disk full? Rows already "
+                             f"marked written are kept; free space and rerun the same command to resume.") from None
+
+    def _write(self, image_ids, features, num_boxes, boxes, image_hw, class_ids, box_scores):
         rows = np.array([self.row_of[int(i)] for i in image_ids])
         order = np.argsort(rows)
         rows = rows[order]
@@ -273,7 +302,11 @@ class StoreWriter:
         return self.path
 
     def close(self) -> None:
-        self.store.close()
+        try:
+            self.store.close()
+        except (OSError, RuntimeError):
+            if not self.failed:  # after a failed write the file may not close cleanly; it stays partial
+                raise
 
     def __enter__(self) -> "StoreWriter":
         return self
@@ -344,7 +377,7 @@ class FeatureStore:
                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
         return np.array([self.row_of[int(i)] for i in image_ids], dtype=np.int64)
 
-    def gather(self, image_ids: Sequence[int]) -> dict[str, np.ndarray]:
+    def gather(self, image_ids: Sequence[int], require_finite: bool = True) -> dict[str, np.ndarray]:
         """Arrays for a batch of ids: ``features`` (B, L, D) in the stored dtype (float16 by default: convert
         on the device, half the host-to-device bytes) and, for regions, ``num_boxes``, ``boxes``, ...
         """
@@ -353,8 +386,16 @@ class FeatureStore:
         for name in self._array_names():
             if name in self._cache:
                 out[name] = self._cache[name][rows]
-            else:
+                continue
+            try:
                 out[name] = _read_rows(self._store()[name], rows)
+            except (OSError, ValueError, RuntimeError) as error:  # a damaged chunk
+                raise StoreError(f"{self.path}: cannot read {name} of image ids "
+                                 f"{[int(i) for i in image_ids][:10]} ({error})") from None
+        bad = ~np.isfinite(out["features"].reshape(len(rows), -1)).all(axis=1) if require_finite else None
+        if bad is not None and bad.any():  # a store edited or damaged after it was written (the writer refuses NaN/Inf)
+            raise StoreError(f"{self.path}: non-finite feature values for image id(s) "
+                             f"{[int(i) for i in np.asarray(image_ids)[bad]][:10]}")
         return out
 
     def check_ids(self, image_ids: Iterable[int]) -> None:

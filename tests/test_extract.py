@@ -1,23 +1,18 @@
-"""Feature extraction on small random-init models: shapes, shards, resume after SIGKILL, odd and bad images."""
+"""Feature extraction on small random-init models: shapes, shards, verify, the reference layout importer.
+(Kills, odd and bad images and full disks are in tests/faults/.)"""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from PIL import Image
 
 from captioner.demo_data import generate
 from features.extract import ExtractorConfig, RunOptions, extract
-from features.images import ImageError, load_rgb
 from features.import_m2 import import_reference
 from features.store import FeatureStore, merge_stores
 
@@ -70,107 +65,6 @@ def test_shards_merged_equal_single_job(demo, tmp_path):
     a, b = single.gather(single.image_ids), merged.gather(merged.image_ids)
     for key in ("features", "num_boxes", "boxes", "image_hw"):
         np.testing.assert_array_equal(a[key], b[key])
-
-
-def test_resume_after_sigkill_extracts_only_missing(tmp_path):
-    demo = tmp_path / "demo"
-    generate(demo, seed=5, num_train=80, num_val=2, num_test=2)
-    out = tmp_path / "grid.h5"
-    command = [sys.executable, "-m", "features", "extract", "--kind", "grid", "--karpathy-json",
-               str(demo / "dataset_coco.json"), "--image-root", str(demo), "--out", str(out), "--backbone",
-               "resnet18", "--image-size", "160", "--grid-size", "2", "--batch-size", "4", "--num-workers", "0",
-               "--device", "cpu", "--dtype", "float32"]
-    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
-    partial = tmp_path / ".grid.h5.partial"
-    batch_bytes = 4 * 4 * 512 * 4
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:  # wait until a few batches are on disk
-        if partial.exists() and partial.stat().st_size > 40_000 + 3 * batch_bytes:
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "extraction finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not out.exists() and partial.exists()
-    os.environ["HDF5_USE_FILE_LOCKING"] = "FALSE"
-    with h5py.File(partial, "r") as handle:
-        written_before = int(handle["written"][:].sum())
-    assert 0 < written_before < 84
-
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"{84 - written_before} done, {written_before} already written" in resumed.stderr
-    store = FeatureStore(out)
-    assert len(store) == len(set(store.image_ids.tolist())) == 84
-
-    uninterrupted = tmp_path / "fresh.h5"
-    subprocess.run(command[:command.index("--out") + 1] + [str(uninterrupted)] + command[command.index("--out") + 2:],
-                   check=True, capture_output=True, timeout=600)
-    np.testing.assert_array_equal(store.gather(store.image_ids)["features"],
-                                  FeatureStore(uninterrupted).gather(store.image_ids)["features"])
-    verify = subprocess.run([sys.executable, "-m", "features", "verify", str(out), "--split-file",
-                             str(demo / "dataset_coco.json")], capture_output=True, text=True)
-    assert verify.returncode == 0, verify.stdout
-
-
-def odd_images(folder: Path) -> dict[str, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rgb = Image.new("RGB", (40, 30), (200, 30, 30))
-    files = {}
-    files["cmyk"] = folder / "cmyk.jpg"
-    rgb.convert("CMYK").save(files["cmyk"])
-    files["rgba"] = folder / "rgba.png"
-    Image.new("RGBA", (40, 30), (0, 0, 255, 100)).save(files["rgba"])
-    files["grey"] = folder / "grey.png"
-    rgb.convert("L").save(files["grey"])
-    files["palette"] = folder / "palette.png"
-    rgb.convert("P").save(files["palette"])
-    files["sixteen"] = folder / "sixteen.png"
-    Image.fromarray((np.arange(1200).reshape(30, 40) * 50).astype(np.uint16)).save(files["sixteen"])
-    files["tiny"] = folder / "tiny.jpg"
-    Image.new("RGB", (1, 1), (9, 9, 9)).save(files["tiny"])
-    files["rotated"] = folder / "rotated.jpg"
-    exif = Image.Exif()
-    exif[0x0112] = 6  # orientation: rotate 90 degrees on display
-    rgb.save(files["rotated"], exif=exif)
-    good = (folder / "good.jpg")
-    rgb.save(good)
-    files["truncated"] = folder / "truncated.jpg"
-    files["truncated"].write_bytes(good.read_bytes()[:200])
-    files["empty"] = folder / "empty.jpg"
-    files["empty"].write_bytes(b"")
-    files["missing"] = folder / "missing.jpg"
-    return files
-
-
-def test_odd_modes_convert_and_bad_files_are_named(tmp_path):
-    files = odd_images(tmp_path / "images")
-    for name in ("cmyk", "rgba", "grey", "palette", "sixteen", "tiny"):
-        image = load_rgb(files[name])
-        assert image.mode == "RGB", name
-    assert load_rgb(files["rotated"]).size == (30, 40)  # EXIF orientation applied
-    assert np.asarray(load_rgb(files["sixteen"])).max() == 255
-    for name in ("truncated", "empty", "missing"):
-        with pytest.raises(ImageError, match=name):
-            load_rgb(files[name])
-
-    images = [{"filepath": "images", "filename": path.name, "cocoid": i, "split": "train",
-               "sentences": [{"raw": "a picture"}]} for i, path in enumerate(files.values())]
-    (tmp_path / "d.json").write_text(json.dumps({"images": images}))
-    config = ExtractorConfig(**GRID)
-    options = {"batch_size": 3, "num_workers": 0, "device": "cpu", "dtype": "float32"}
-    with pytest.raises(ImageError) as failure:
-        extract(tmp_path / "d.json", tmp_path, tmp_path / "fail.h5", config, RunOptions(on_error="fail", **options))
-    for name in ("truncated", "empty", "missing"):
-        assert f"{name}.jpg" in str(failure.value)
-    assert not (tmp_path / "fail.h5").exists()
-
-    extract(tmp_path / "d.json", tmp_path, tmp_path / "skip.h5", config, RunOptions(on_error="skip", **options))
-    store = FeatureStore(tmp_path / "skip.h5")
-    assert len(store) == len(files)
-    errors = {e["image_id"]: e["reason"] for e in store.meta["errors"]}
-    assert sorted(errors) == [7, 8, 9]
-    assert "missing.jpg" in errors[9]
 
 
 def test_verify_catches_nan_and_missing_id(demo, tmp_path):

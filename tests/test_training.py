@@ -1,14 +1,7 @@
-"""Training loop: resume after a real SIGKILL continues exactly; tiny batches can be overfitted; bad input stops
-early with a clear error."""
+"""Training: tiny batches can be overfitted, blind inputs hide the image, the SCST gradient follows the reward.
+(Resume after SIGKILL, non-finite losses and missing ids are in tests/faults/.)"""
 
 from __future__ import annotations
-
-import csv
-import json
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -16,68 +9,6 @@ import torch
 
 from captioner.decoding import greedy
 from captioner.models.sat import SATConfig, ShowAttendTell
-from captioner.text import prepare
-from captioner.training import Trainer, TrainingError
-from features.store import StoreWriter
-
-HPARAMS = {"epochs": 4, "batch_size": 16, "lr": 0.003, "patience": 10, "feature_norm_images": 50,
-           "model": {"embed_dim": 16, "hidden_dim": 32, "attention_dim": 16, "init_layers": 1}}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """A tiny captioning set whose captions depend on the (random) grid features."""
-    root = tmp_path_factory.mktemp("train")
-    rng = np.random.default_rng(0)
-    colours = ["red", "green", "blue", "white"]
-    images, feats = [], []
-    for i in range(60):
-        colour = colours[i % 4]
-        split = "train" if i < 48 else ("val" if i < 54 else "test")
-        images.append({"filepath": "", "filename": f"{i}.jpg", "cocoid": i, "split": split,
-                       "sentences": [{"raw": f"a {colour} shape"}, {"raw": f"one {colour} thing here"}]})
-        f = rng.normal(size=(4, 8)).astype(np.float32)
-        f[:, i % 4] += 3.0
-        feats.append(f)
-    (root / "d.json").write_text(json.dumps({"images": images}))
-    prepare(root / "d.json", root / "text", 1, 10)
-    with StoreWriter(root / "grid.h5", "grid", list(range(60)), 4, 8, dtype="float32") as writer:
-        writer.write(list(range(60)), np.stack(feats))
-    return root
-
-
-def train_command(data, out_dir, hparams, model="sat_soft"):
-    return [sys.executable, "-m", "captioner", "train", "--model", model, "--features", str(data / "grid.h5"),
-            "--captions", str(data / "text/captions.json"), "--vocab", str(data / "text/vocab.json"),
-            "--hparams", json.dumps(hparams), "--out-dir", str(out_dir), "--device", "cpu"]
-
-
-def losses(out_dir):
-    with open(out_dir / "metrics.csv") as handle:
-        return [float(row["train_loss"]) for row in csv.DictReader(handle)]
-
-
-@pytest.mark.parametrize("model", ["sat_soft", "sat_hard"])
-def test_resume_after_sigkill_continues_exactly(data, tmp_path, model):
-    hparams = dict(HPARAMS, epochs=6)
-    subprocess.run(train_command(data, tmp_path / "straight", hparams, model), check=True, capture_output=True)
-    expected = losses(tmp_path / "straight")
-
-    process = subprocess.Popen(train_command(data, tmp_path / "killed", hparams, model), stderr=subprocess.DEVNULL)
-    last = tmp_path / "killed/last.pt"
-    deadline = time.time() + 120
-    while not last.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    from captioner.checkpoint import load_checkpoint
-
-    done_before = load_checkpoint(last)["epoch"]
-    assert 1 <= done_before < 6, "the kill did not land between the first and the last epoch"
-    resumed = subprocess.run(train_command(data, tmp_path / "killed", hparams, model), capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stderr
-    np.testing.assert_allclose(losses(tmp_path / "killed"), expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize("attention", ["soft", "hard"])
@@ -101,31 +32,6 @@ def test_tiny_batch_can_be_overfitted(attention):
     for row, caption in zip(decoded.tolist(), captions.tolist()):
         target = caption[1:caption.index(2) + 1]
         assert row[: len(target)] == target
-
-
-def test_missing_store_id_fails_before_training(data, tmp_path):
-    captions = json.loads((data / "text/captions.json").read_text())
-    captions["splits"]["train"][3]["image_id"] = 4242
-    (tmp_path / "captions.json").write_text(json.dumps(captions))
-    with pytest.raises(KeyError, match="image id 4242"):
-        Trainer("sat_soft", str(data / "grid.h5"), str(tmp_path / "captions.json"), str(data / "text/vocab.json"),
-                HPARAMS, str(tmp_path / "out"))
-    assert not (tmp_path / "out").exists()
-
-
-def test_non_finite_loss_stops_with_step_and_keeps_last_checkpoint(data, tmp_path):
-    trainer = Trainer("sat_soft", str(data / "grid.h5"), str(data / "text/captions.json"),
-                      str(data / "text/vocab.json"), dict(HPARAMS, epochs=3), str(tmp_path / "out"))
-    trainer.run()
-    good = (tmp_path / "out/last.pt").read_bytes()
-    trainer = Trainer("sat_soft", str(data / "grid.h5"), str(data / "text/captions.json"),
-                      str(data / "text/vocab.json"), dict(HPARAMS, epochs=3), str(tmp_path / "out"))
-    with torch.no_grad():
-        trainer.model.init_h[0].weight.fill_(float("nan"))
-    trainer.hp["epochs"] = 4
-    with pytest.raises(TrainingError, match=r"non-finite loss .* epoch 4, step \d+"):
-        trainer.run()
-    assert (tmp_path / "out/last.pt").read_bytes() == good
 
 
 def test_blind_inputs_hide_features_and_region_count():

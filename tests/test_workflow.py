@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.workflow_helpers import TINY_CONFIG, clone_run, copy_workflow, environment, planned_jobs, snakemake
+from tests.workflow_helpers import (TINY_CONFIG, clone_run, copy_workflow, edit_config, environment, planned_jobs,
+                                    snakemake)
 
 pytestmark = pytest.mark.slow
 
@@ -29,13 +30,6 @@ def finished_run(tmp_path_factory) -> Path:
 @pytest.fixture
 def run_copy(finished_run, tmp_path) -> Path:
     return clone_run(finished_run, tmp_path / "copy")
-
-
-def edit_config(workdir: Path, edit) -> None:
-    path = workdir / TINY_CONFIG
-    config = yaml.safe_load(path.read_text())
-    edit(config)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def test_full_run_writes_a_row_per_model(finished_run):
@@ -143,27 +137,6 @@ def test_lint_passes():
 
     result = snakemake(PROJECT, "--lint", configfile="config/config.yaml", check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-@pytest.mark.parametrize(
-    "edit, named",
-    [
-        (lambda c: c["evaluate"].__setitem__("beem_size", 5), "beem_size"),
-        (lambda c: c["evaluate"].__setitem__("beam_size", -1), "beam_size"),
-        (lambda c: c["text"].__setitem__("min_word_count", "five"), "min_word_count"),
-        (lambda c: c["models"].__setitem__("lstm_plain", {}), "lstm_plain"),
-        (lambda c: c["features"]["grid"].__setitem__("backbone", "vgg16"), "backbone"),
-    ],
-    ids=["unknown-key", "negative-beam", "wrong-type", "unknown-model", "bad-enum"],
-)
-def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, edit, named):
-    workdir = copy_workflow(tmp_path / "project")
-    edit_config(workdir, edit)
-    result = snakemake(workdir, check=False)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert named in output
-    assert not (workdir / RUN).exists(), "no job may run with an invalid config"
 
 
 def test_shards_become_parallel_jobs_and_a_merge(tmp_path):

@@ -10,6 +10,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import yaml
+
 PROJECT = Path(__file__).resolve().parents[1]
 WORKFLOW_ITEMS = ("Snakefile", "workflow", "config", "envs", "captioner", "features", "tests/configs")
 TINY_CONFIG = "tests/configs/tiny.yaml"
@@ -69,3 +71,11 @@ def planned_jobs(workdir: Path, *args: str, configfile: str = TINY_CONFIG) -> Co
         if match.group(1) != "total":
             jobs[match.group(1)] = int(match.group(2))
     return jobs
+
+
+def edit_config(workdir: Path, edit, configfile: str = TINY_CONFIG) -> None:
+    """Apply ``edit`` (a function of the config dict) to the workflow copy's config file."""
+    path = workdir / configfile
+    config = yaml.safe_load(path.read_text())
+    edit(config)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -1,0 +1,207 @@
+"""Bad input at the edges of the pipeline: images, the Karpathy JSON, the config, the Java runtime. Each fault
+goes through the command the workflow runs and ends in a clear error or a documented, recorded handling."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from captioner.scoring import spice_status
+from features.store import FeatureStore
+from tests.workflow_helpers import copy_workflow, edit_config, environment, snakemake
+
+BAD_IMAGES = ("truncated", "empty", "missing")
+
+
+def odd_images(folder: Path) -> dict[str, Path]:
+    """Valid images in unusual modes, plus a truncated, a zero-byte and a missing file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb = Image.new("RGB", (40, 30), (200, 30, 30))
+    files = {}
+    files["cmyk"] = folder / "cmyk.jpg"
+    rgb.convert("CMYK").save(files["cmyk"])
+    files["rgba"] = folder / "rgba.png"
+    Image.new("RGBA", (40, 30), (0, 0, 255, 100)).save(files["rgba"])
+    files["grey"] = folder / "grey.png"
+    rgb.convert("L").save(files["grey"])
+    files["palette"] = folder / "palette.png"
+    rgb.convert("P").save(files["palette"])
+    files["sixteen"] = folder / "sixteen.png"
+    Image.fromarray((np.arange(1200).reshape(30, 40) * 50).astype(np.uint16)).save(files["sixteen"])
+    files["tiny"] = folder / "tiny.jpg"
+    Image.new("RGB", (1, 1), (9, 9, 9)).save(files["tiny"])
+    files["rotated"] = folder / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees on display
+    rgb.save(files["rotated"], exif=exif)
+    good = folder / "good.jpg"
+    rgb.save(good)
+    files["truncated"] = folder / "truncated.jpg"
+    files["truncated"].write_bytes(good.read_bytes()[:200])
+    files["empty"] = folder / "empty.jpg"
+    files["empty"].write_bytes(b"")
+    files["missing"] = folder / "missing.jpg"
+    return files
+
+
+def karpathy_json(path: Path, images: list[dict]) -> Path:
+    path.write_text(json.dumps({"images": images}, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, check=False, env=env)
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = result.stderr.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    assert len(starts) == 1, result.stderr[-2000:]
+    return "\n".join(lines[starts[0]:])  # the message, with any list of items that follows it
+
+
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_bad_and_odd_images(tmp_path, on_error):
+    files = odd_images(tmp_path / "images")
+    names = list(files)
+    source = karpathy_json(tmp_path / "d.json", [
+        {"filepath": "images", "filename": path.name, "cocoid": i, "split": "train",
+         "sentences": [{"raw": "a picture"}]} for i, path in enumerate(files.values())])
+    out = tmp_path / "grid.h5"
+    result = run("-m", "features", "extract", "--kind", "grid", "--karpathy-json", str(source), "--image-root",
+                 str(tmp_path), "--out", str(out), "--backbone", "resnet18", "--image-size", "64", "--grid-size", "2",
+                 "--batch-size", "3", "--num-workers", "0", "--device", "cpu", "--dtype", "float32",
+                 "--on-error", on_error)
+    if on_error == "fail":
+        line = error_line(result)
+        for name in BAD_IMAGES:  # every bad file is named, not just the first
+            assert f"{name}.jpg" in line
+        assert not out.exists()
+        return
+    assert result.returncode == 0, result.stderr
+    for name in BAD_IMAGES:  # the run log (the rule's log file) lists each skipped image
+        assert f"{name}.jpg" in result.stderr
+    store = FeatureStore(out)
+    recorded = {e["image_id"]: e["reason"] for e in store.meta["errors"]}
+    assert sorted(recorded) == sorted(names.index(n) for n in BAD_IMAGES)
+    assert "missing.jpg" in recorded[names.index("missing")]
+    features = store.gather(store.image_ids)["features"]
+    for i, name in enumerate(names):  # odd-but-valid modes are converted and extracted; skipped rows stay zero
+        assert np.isfinite(features[i]).all()
+        assert bool(features[i].any()) == (name not in BAD_IMAGES), name
+
+
+def image(cocoid: int, split: str, captions: list[str], **extra) -> dict:
+    return {"filepath": "", "filename": f"{cocoid}.jpg", "cocoid": cocoid, "split": split,
+            "sentences": [{"raw": c} for c in captions], **extra}
+
+
+def prepare_text(source: Path, out: Path) -> subprocess.CompletedProcess:
+    return run("-m", "captioner", "prepare-text", "--karpathy-json", str(source), "--out-dir", str(out),
+               "--min-word-count", "1")
+
+
+@pytest.mark.parametrize("fault", ["missing_sentences", "missing_split", "duplicate_id", "not_json", "no_images"])
+def test_malformed_karpathy_json_is_named(tmp_path, fault):
+    images = [image(1, "train", ["a dog"]), image(2, "val", ["a cat"]), image(3, "test", ["a cow"])]
+    if fault == "missing_sentences":
+        del images[1]["sentences"]
+    elif fault == "missing_split":
+        del images[2]["split"]
+    elif fault == "duplicate_id":
+        images[2]["cocoid"] = 1
+    source = karpathy_json(tmp_path / "d.json", images)
+    if fault == "not_json":
+        source.write_text('{"images": [')
+    elif fault == "no_images":
+        source.write_text('{"annotations": []}')
+    line = error_line(prepare_text(source, tmp_path / "text"))
+    assert str(source) in line
+    expected = {"missing_sentences": "images[1] has no 'sentences'", "missing_split": "images[2] has no 'split'",
+                "duplicate_id": "duplicate image ids: 1", "not_json": "not valid JSON", "no_images": "images"}[fault]
+    assert expected in line
+    assert not (tmp_path / "text").exists()
+
+
+def test_empty_and_non_ascii_captions(tmp_path):
+    source = karpathy_json(tmp_path / "d.json", [
+        image(1, "train", ["A café on the Straße", "  ", "...", "un café noir"]),
+        image(2, "val", ["a dog"]), image(3, "test", ["a café"])])
+    result = prepare_text(source, tmp_path / "text")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stderr.strip().splitlines()[-1])
+    assert stats["dropped_empty_captions"] == 2  # empty captions are dropped and counted in the log
+    vocab = json.loads((tmp_path / "text/vocab.json").read_text(encoding="utf-8"))
+    words = vocab["itos"]
+    assert "café" in words and "straße" in words  # non-ASCII words are kept (lower-cased), not mangled
+
+    predictions = tmp_path / "predictions.json"
+    predictions.write_text(json.dumps([{"image_id": 3, "caption": "a café"}], ensure_ascii=False), encoding="utf-8")
+    scored = run("-m", "captioner", "score", "--predictions", str(predictions), "--captions",
+                 str(tmp_path / "text/captions.json"), "--metrics", "bleu,meteor,rouge,cider", "--out",
+                 str(tmp_path / "scores.json"))
+    assert scored.returncode == 0, scored.stderr
+    corpus = json.loads((tmp_path / "scores.json").read_text())["corpus"]
+    assert corpus["BLEU-1"] == pytest.approx(100.0, abs=1e-3) and corpus["METEOR"] > 50
+
+
+@pytest.fixture
+def one_test_image(tmp_path) -> tuple[Path, Path]:
+    source = karpathy_json(tmp_path / "d.json", [image(1, "train", ["a red circle"]),
+                                                 image(2, "test", ["a red circle", "a green star"])])
+    assert prepare_text(source, tmp_path / "text").returncode == 0
+    predictions = tmp_path / "predictions.json"
+    predictions.write_text(json.dumps([{"image_id": 2, "caption": "a red circle"}]))
+    return predictions, tmp_path / "text/captions.json"
+
+
+def test_java_missing_is_a_clear_error(one_test_image, tmp_path):
+    predictions, captions = one_test_image
+    env = environment()
+    env["PATH"] = str(Path(sys.executable).parent)  # python, and no java
+    result = run("-m", "captioner", "score", "--predictions", str(predictions), "--captions", str(captions),
+                 "--out", str(tmp_path / "scores.json"), env=env)
+    assert "java is not on PATH" in error_line(result)
+    assert not (tmp_path / "scores.json").exists()
+
+
+def test_spice_without_its_jars_is_skipped_with_a_reason(one_test_image, tmp_path):
+    available, _ = spice_status()
+    if available:
+        pytest.skip("the Stanford CoreNLP jars SPICE needs are installed here")
+    predictions, captions = one_test_image
+    result = run("-m", "captioner", "score", "--predictions", str(predictions), "--captions", str(captions),
+                 "--metrics", "bleu,meteor,rouge,cider,spice", "--out", str(tmp_path / "scores.json"))
+    assert result.returncode == 0, result.stderr
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert "SPICE skipped" in scores["spice"] and "SPICE skipped" in result.stderr
+    assert {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"} <= set(scores["corpus"]) and "SPICE" not in scores["corpus"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (lambda c: c["evaluate"].__setitem__("beem_size", 5), "beem_size"),
+        (lambda c: c["evaluate"].__setitem__("beam_size", -1), "beam_size"),
+        (lambda c: c["text"].__setitem__("min_word_count", "five"), "min_word_count"),
+        (lambda c: c["models"].__setitem__("lstm_plain", {}), "lstm_plain"),
+        (lambda c: c["features"]["grid"].__setitem__("backbone", "vgg16"), "backbone"),
+    ],
+    ids=["unknown-key", "negative-beam", "wrong-type", "unknown-model", "bad-enum"],
+)
+def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, edit, named):
+    workdir = copy_workflow(tmp_path / "project")
+    edit_config(workdir, edit)
+    result = snakemake(workdir, check=False)
+    assert result.returncode != 0
+    assert named in result.stdout + result.stderr
+    assert not (workdir / "results").exists(), "no job may run with an invalid config"

@@ -4,6 +4,11 @@ loss), and self-critical sequence training for M² (``m2_scst``, started from th
 Every epoch writes ``last.pt`` (model, optimiser, RNG states: enough to resume), a row of
 ``metrics.csv`` and ``curve.png``; the epoch with the best validation CIDEr-D (from real greedy
 decodes, not teacher forcing) is copied to ``checkpoint.pt``. All files are written atomically.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DistributedDataParallel and every global batch
+(``batch_size``, or ``scst_batch_images`` for SCST) is split across the processes: the sequence of global batches
+and the gradient of each step are those of a single process. Rank 0 validates and writes every file; all ranks
+resume from ``last.pt``, which holds each rank's RNG state.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from captioner import atomic
+from captioner import atomic, distributed
 from captioner.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, FeatureNorm, ModelName, build_model,
                                   compute_feature_norm, load_checkpoint, model_inputs)
 from captioner.decoding import beam_search, greedy
@@ -66,6 +71,28 @@ def rng_state() -> dict:
     return state
 
 
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _LossStep(torch.nn.Module):
+    """DDP synchronises gradients only for what runs inside its forward(), but the models train through other
+    methods (``loss``; ``decoder`` + beam search for SCST). Wrapped in this module, the model keeps its own
+    state_dict keys (checkpoints hold ``self.model``'s) and forward() runs whichever loss function it is given."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, function, *args, **kwargs):
+        return function(*args, **kwargs)
+
+
 def noam_factor(step: int, d_model: int, warmup: int) -> float:
     """The reference's warm-up schedule: d^-0.5 * min(s^-0.5, s * w^-1.5), s counted from 1."""
     step = max(step, 1)
@@ -80,7 +107,11 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if device == "auto" else device))
-        set_seed(int(self.hp["seed"]))
+        self.ranks = distributed.Ranks.from_env()
+        if self.ranks.enabled:
+            self._check_global_batch()
+            self.device = distributed.init_process_group(self.ranks, self.device)
+        set_seed(int(self.hp["seed"]))  # the same seed everywhere: every rank builds the same initial model
         self.vocab = Vocabulary.load(vocab)
         data = load_captions(captions)
         self.train_images = data["splits"]["train"]
@@ -126,7 +157,46 @@ class Trainer:
         self.history: list[dict] = []
         self.val_refs = [[" ".join(tokenize(r)) for r in image["refs"]] for image in self.val_images]
         self.val_cider = CiderD(self.val_refs)  # corpus df of the val references, as pycocoevalcap
+        if self.ranks.enabled:
+            self._seed_rank_streams()  # from here on (dropout, hard attention) each rank draws its own numbers
         self._resume_if_possible()
+        # what a training step calls: DDP all-reduces the gradients of work done inside its forward()
+        self.train_module: torch.nn.Module = self.model
+        if self.ranks.enabled:
+            self.train_module = torch.nn.parallel.DistributedDataParallel(
+                _LossStep(self.model), device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    # --------------------------------------------------------------------------------- data parallelism
+    def _check_global_batch(self) -> None:
+        key = "scst_batch_images" if self.name.variant == "scst" else "batch_size"
+        if int(self.hp[key]) % self.ranks.world_size:
+            raise TrainingError(f"{key} {self.hp[key]} is the global batch and must be divisible by the number of "
+                                f"processes ({self.ranks.world_size}); change it or torchrun --nproc-per-node")
+
+    def _seed_rank_streams(self) -> None:
+        """Deterministic, different random numbers per rank (epoch mixed in so a re-seed does not replay them)."""
+        set_seed(int(self.hp["seed"]) + self.ranks.rank + 1000 * self.epoch)
+
+    def _log(self, message: str) -> None:
+        if self.ranks.is_main:
+            print(message, file=sys.stderr)
+
+    def _global_loss(self, loss: torch.Tensor, count: float, sums: dict) -> tuple[torch.Tensor, float, dict]:
+        """(loss to back-propagate, loss of the global batch, global means of ``sums``: name -> (sum, count)).
+
+        Each rank's ``loss`` is a mean over its ``count`` units (``model.loss_normalisation``: captions for SAT,
+        target tokens for M2; images for SCST), and ranks may hold different numbers of them. DDP averages the
+        gradients over the W ranks, so rank r back-propagates loss_r * count_r * W / sum(count): the average is
+        sum_r count_r * loss_r / sum(count), the single-process loss of the global batch.
+        """
+        if not self.ranks.enabled:
+            return loss, float(loss.detach()), {k: s / c if c else 0.0 for k, (s, c) in sums.items()}
+        keys = sorted(sums)
+        local = [float(loss.detach()) * count, count] + [x for k in keys for x in sums[k]]
+        total = distributed.all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=self.device)).tolist()
+        weight = count * self.ranks.world_size / total[1]
+        extra = {k: total[2 + 2 * n] / total[3 + 2 * n] if total[3 + 2 * n] else 0.0 for n, k in enumerate(keys)}
+        return loss * weight, total[0] / total[1], extra
 
     # --------------------------------------------------------------------------------- bookkeeping
     def _resume_if_possible(self) -> None:
@@ -139,22 +209,23 @@ class Trainer:
             raise CheckpointError(f"{error}. Refusing to resume from it or overwrite it; move it away to "
                                   f"train {self.name.name} from scratch") from None
         if checkpoint.get("hparams") != self.hp or checkpoint.get("name") != self.name.name:
-            print(f"warning: {last} was written with other settings; starting afresh", file=sys.stderr)
+            self._log(f"warning: {last} was written with other settings; starting afresh")
             return
         self.model.load_state_dict(checkpoint["state_dict"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.step, self.epoch = checkpoint["step"], checkpoint["epoch"]
         self.best, self.history = checkpoint["best"], checkpoint["history"]
-        rng = checkpoint["rng"]
-        random.setstate(rng["python"])
-        name, keys, pos, has_gauss, cached = rng["numpy"]
-        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        print(f"resuming {self.name.name} from {last} after epoch {self.epoch}", file=sys.stderr)
+        per_rank = checkpoint.get("rng_ranks", [])
+        if not self.ranks.enabled:
+            restore_rng(checkpoint["rng"])
+        elif len(per_rank) == self.ranks.world_size:
+            restore_rng(per_rank[self.ranks.rank])
+        else:  # written by another number of processes: no stream to continue for every rank
+            self._log(f"warning: {last} holds no random states for {self.ranks.world_size} processes; re-seeding")
+            self._seed_rank_streams()
+        self._log(f"resuming {self.name.name} from {last} after epoch {self.epoch}")
 
-    def _checkpoint(self, with_optimizer: bool) -> dict:
+    def _checkpoint(self, with_optimizer: bool, rng_ranks: list | None = None) -> dict:
         checkpoint = {
             "format": CHECKPOINT_FORMAT, "name": self.name.name, "family": self.name.family,
             "blind": self.name.blind, "model_config": asdict(self.model_config),
@@ -168,6 +239,8 @@ class Trainer:
         if with_optimizer:
             checkpoint["optimizer"] = self.optimizer.state_dict()
             checkpoint["rng"] = rng_state()
+            if rng_ranks is not None:
+                checkpoint["rng_ranks"] = rng_ranks  # each rank's, to resume every stream
         return checkpoint
 
     def _inputs(self, image_ids) -> dict:
@@ -198,9 +271,10 @@ class Trainer:
             return float(self.hp["lr"]) * noam_factor(self.step + 1, self.model_config.d_model, int(self.hp["warmup"]))
         return None
 
-    def _apply_update(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
-            raise TrainingError(f"non-finite loss ({float(loss.detach())}) at epoch {self.epoch + 1}, "
+    def _apply_update(self, loss: torch.Tensor, global_loss: float) -> None:
+        # global_loss is the same on every rank, so under torchrun all of them stop here, before any collective
+        if not math.isfinite(global_loss):
+            raise TrainingError(f"non-finite loss ({global_loss}) at epoch {self.epoch + 1}, "
                                 f"step {self.step + 1}; the last good checkpoint is {self.out_dir / 'last.pt'}")
         lr = self._lr_for_step()
         if lr is not None:
@@ -214,7 +288,7 @@ class Trainer:
         self.step += 1
 
     def train_epoch(self) -> dict:
-        self.model.train()
+        self.train_module.train()
         generator = torch.Generator().manual_seed(int(self.hp["seed"]) * 1000 + self.epoch)
         totals = {"loss": 0.0, "batches": 0, "load_s": 0.0, "step_s": 0.0}
         if self.name.variant == "scst":
@@ -227,21 +301,35 @@ class Trainer:
                 batch = next(batches)
             except StopIteration:
                 break
+            local = distributed.shard(batch, self.ranks)  # all of it in a single process
             if self.name.variant == "scst":
-                inputs = self._inputs([self.train_images[i]["image_id"] for i in batch])
+                # the last, partial batch may leave a rank without an image: it still has to join the
+                # gradient all-reduce, so it computes on one image and weighs it 0
+                idle = not local
+                local = local or batch[:1]
+                inputs = self._inputs([self.train_images[i]["image_id"] for i in local])
                 t1 = time.perf_counter()
                 with self._autocast():
-                    loss, extra = self._scst_loss(inputs, batch)
+                    loss, sums = self._train_forward(self._scst_loss, inputs, local)
+                count = 0.0 if idle else float(len(local))
+                if idle:
+                    sums = {k: (0.0, 0.0) for k in sums}
             else:
-                inputs = self._inputs([self.train_images[i]["image_id"] for i, _ in batch])
-                captions = self._pad([self.train_images[i]["captions"][j] for i, j in batch])
+                if not local:
+                    raise TrainingError(f"{len(batch)} training captions cannot be shared by "
+                                        f"{self.ranks.world_size} processes")
+                inputs = self._inputs([self.train_images[i]["image_id"] for i, _ in local])
+                captions = self._pad([self.train_images[i]["captions"][j] for i, j in local])
                 t1 = time.perf_counter()
                 with self._autocast():
-                    out = self.model.loss(captions=captions, **inputs)
-                loss, extra = out["loss"].float(), {"nll_per_token": out["nll_per_token"]}
-            self._apply_update(loss)
+                    out = self._train_forward(self.model.loss, captions=captions, **inputs)
+                loss, tokens = out["loss"].float(), float(out["tokens"])
+                count = tokens if self.model.loss_normalisation == "token" else float(len(local))
+                sums = {"nll_per_token": (out["nll_per_token"] * tokens, tokens)}
+            loss, global_loss, extra = self._global_loss(loss, count, sums)
+            self._apply_update(loss, global_loss)
             t2 = time.perf_counter()
-            totals["loss"] += float(loss.detach())
+            totals["loss"] += global_loss
             totals["batches"] += 1
             totals["load_s"] += t1 - t0
             totals["step_s"] += t2 - t0
@@ -254,6 +342,11 @@ class Trainer:
             if key in totals:
                 result[f"train_{key}"] = totals[key] / n
         return result
+
+    def _train_forward(self, function, *args, **kwargs):
+        if self.train_module is self.model:
+            return function(*args, **kwargs)
+        return self.train_module(function, *args, **kwargs)
 
     def _scst_batches(self, generator):
         order = torch.randperm(len(self.train_images), generator=generator).tolist()
@@ -274,7 +367,7 @@ class Trainer:
                 refs.append(image_refs)
         rewards = torch.tensor(self.reward_cider.score(hyps, refs), dtype=torch.float32,
                                device=self.device).view(len(image_indices), k)
-        return scst_loss(result.token_logprobs, rewards), {"reward": float(rewards.mean())}
+        return scst_loss(result.token_logprobs, rewards), {"reward": (float(rewards.sum()), rewards.numel())}
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -289,22 +382,27 @@ class Trainer:
         cider = float(self.val_cider.score(hyps, self.val_refs).mean())
         return {"val_cider": cider, "val_sample": hyps[0]}
 
+    def _validate_everywhere(self) -> dict:
+        """Rank 0 validates; the others receive its result, so that every rank keeps the same history and best
+        epoch and takes the same early-stopping decision."""
+        return distributed.broadcast_object(self.validate() if self.ranks.is_main else None)
+
     def run(self) -> Path:
         epochs = int(self.hp["scst_epochs"] if self.name.variant == "scst" else self.hp["epochs"])
         patience = int(self.hp["patience"])
         if self.name.variant == "scst" and self.epoch == 0 and not self.history:
             # the XE weights are the starting point and the bar SCST has to beat
-            start = self.validate()
+            start = self._validate_everywhere()
             self.best = {"val_cider": start["val_cider"], "epoch": 0}
             self._save(best=True)
             self.history.append({"epoch": 0, **start, "stage": "init"})
         while self.epoch < epochs:
             if self.epoch - self.best["epoch"] >= patience and self.epoch > 0:
-                print(f"early stop: no val CIDEr-D gain for {patience} epochs", file=sys.stderr)
+                self._log(f"early stop: no val CIDEr-D gain for {patience} epochs")
                 break
             stats = self.train_epoch()
             self.epoch += 1
-            val = self.validate()
+            val = self._validate_everywhere()
             row = {"epoch": self.epoch, "step": self.step, **stats, **val,
                    "stage": "scst" if self.name.variant == "scst" else "xe"}
             self.history.append(row)
@@ -312,16 +410,21 @@ class Trainer:
             if improved:
                 self.best = {"val_cider": val["val_cider"], "epoch": self.epoch}
             self._save(best=improved)
-            print(f"{self.name.name} epoch {self.epoch}: loss {stats['train_loss']:.3f} val CIDEr-D "
-                  f"{val['val_cider']:.3f} ({stats['epoch_s']:.0f} s, loader {100 * stats['loader_share']:.0f}%) "
-                  f"e.g. {val['val_sample']!r}", file=sys.stderr)
-        if not (self.out_dir / "checkpoint.pt").exists():
+            self._log(f"{self.name.name} epoch {self.epoch}: loss {stats['train_loss']:.3f} val CIDEr-D "
+                      f"{val['val_cider']:.3f} ({stats['epoch_s']:.0f} s, loader {100 * stats['loader_share']:.0f}%) "
+                      f"e.g. {val['val_sample']!r}")
+        # rank 0's view: another rank could look before rank 0 has renamed its last save into place
+        if distributed.broadcast_object(not (self.out_dir / "checkpoint.pt").exists()):
             self._save(best=True)
         return self.out_dir / "checkpoint.pt"
 
     def _save(self, best: bool) -> None:
+        """Called on every rank (they hand their RNG states to rank 0); only rank 0 writes."""
+        rng_ranks = distributed.all_gather_object(rng_state()) if self.ranks.enabled else None
+        if not self.ranks.is_main:
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic.save_torch(self.out_dir / "last.pt", self._checkpoint(with_optimizer=True))
+        atomic.save_torch(self.out_dir / "last.pt", self._checkpoint(with_optimizer=True, rng_ranks=rng_ranks))
         if best:
             atomic.save_torch(self.out_dir / "checkpoint.pt", self._checkpoint(with_optimizer=False))
         write_metrics(self.history, self.out_dir / "metrics.csv", self.out_dir / "curve.png", self.name.name)
@@ -369,6 +472,9 @@ def train_from_cli(args) -> None:
         hparams = json.loads(args.hparams)
     except json.JSONDecodeError as error:
         raise ValueError(f"--hparams is not valid JSON: {error}") from None
-    trainer = Trainer(args.model, args.features, args.captions, args.vocab, hparams, args.out_dir,
-                      init=args.init, device=args.device)
-    trainer.run()
+    try:
+        trainer = Trainer(args.model, args.features, args.captions, args.vocab, hparams, args.out_dir,
+                          init=args.init, device=args.device)
+        trainer.run()
+    finally:
+        distributed.shutdown()

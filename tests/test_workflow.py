@@ -19,14 +19,6 @@ RUN = "results/tiny"
 MODELS = ["sat_soft", "sat_hard", "m2_xe", "m2_scst", "sat_soft_blind"]
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    """One complete run of the DAG on the tiny config; tests work on copies of it."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("tiny") / "project")
-    snakemake(workdir)
-    return workdir
-
-
 @pytest.fixture
 def run_copy(finished_run, tmp_path) -> Path:
     return clone_run(finished_run, tmp_path / "copy")

@@ -142,6 +142,8 @@ class DecoderLayer(nn.Module):
 
 
 class MeshedMemoryTransformer(nn.Module):
+    loss_normalisation = "token"  # loss() averages over target tokens (the trainer weighs data-parallel shards by it)
+
     def __init__(self, config: M2Config):
         super().__init__()
         self.config = c = config

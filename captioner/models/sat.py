@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from captioner import distributed
+
 
 @dataclass
 class SATConfig:
@@ -62,6 +64,8 @@ def _mlp(sizes: list[int], final: nn.Module) -> nn.Sequential:
 
 
 class ShowAttendTell(nn.Module):
+    loss_normalisation = "caption"  # loss() averages over captions (the trainer weighs data-parallel shards by it)
+
     def __init__(self, config: SATConfig):
         super().__init__()
         self.config = c = config
@@ -151,7 +155,9 @@ class ShowAttendTell(nn.Module):
         c = self.config
         targets = captions[:, 1:]
         mask = (targets != c.pad_id).float()
-        sample = c.attention == "hard" and self.training and torch.rand(()) >= c.expected_context_p
+        # under torchrun rank 0's draw decides for every rank: a global batch is sampled or expected as a whole
+        sample = (c.attention == "hard" and self.training
+                  and distributed.broadcast_from_main(torch.rand(())) >= c.expected_context_p)
         out = self.forward(features, captions, sample=bool(sample))
         token_logp = -F.cross_entropy(out["logits"].transpose(1, 2), targets, reduction="none") * mask
         sentence_logp = token_logp.sum(1)  # log p(y | s, a) per caption
@@ -163,8 +169,9 @@ class ShowAttendTell(nn.Module):
         if sample:
             # REINFORCE on the attention locations, with the paper's moving-average baseline
             reward = sentence_logp.detach()
+            mean_reward = distributed.global_mean(reward)  # of the global batch: the baseline stays equal on all ranks
             if not self.reinforce_baseline_ready:  # start the average at the first reward, not at 0
-                self.reinforce_baseline.fill_(reward.mean())
+                self.reinforce_baseline.fill_(mean_reward)
                 self.reinforce_baseline_ready.fill_(True)
             advantage = reward - self.reinforce_baseline
             log_p_s = (out["log_p_s"] * mask).sum(1)
@@ -172,7 +179,7 @@ class ShowAttendTell(nn.Module):
             entropy = (entropy * mask).sum(1)
             loss = loss - c.reinforce_scale * (advantage * log_p_s).mean() - c.entropy_weight * entropy.mean()
             with torch.no_grad():
-                self.reinforce_baseline.mul_(c.baseline_decay).add_((1 - c.baseline_decay) * reward.mean())
+                self.reinforce_baseline.mul_(c.baseline_decay).add_((1 - c.baseline_decay) * mean_reward)
             metrics["baseline"] = float(self.reinforce_baseline)
         return {"loss": loss, "tokens": mask.sum(), **metrics}
 

@@ -65,6 +65,18 @@ def hparams(model):
     return merged
 
 
+def train_gpus(model):
+    """GPUs of one training job: train.gpus_per_job, one number for every model or one per family."""
+    gpus = config["train"].get("gpus_per_job", 1)
+    return gpus if isinstance(gpus, int) else gpus.get(family(model), 1)
+
+
+def train_launcher(model):
+    """What runs `captioner train`: plain Python, or torchrun with one process per GPU (data parallel)."""
+    gpus = train_gpus(model)
+    return "python -m" if gpus == 1 else f"torchrun --standalone --nproc-per-node {gpus} -m"
+
+
 def parent_dir(name):
     """params helper: the folder of one of the rule's outputs (the CLI writes several files there)."""
     return lambda wildcards, output: str(Path(output[name]).parent)

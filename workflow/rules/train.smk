@@ -14,14 +14,15 @@ rule train:
         out_dir=parent_dir("checkpoint"),
         device=config["train"]["device"],
         code=lambda wc: code("captioner.training", f"captioner.models.{family(wc.model)}"),
+        launch=lambda wc: train_launcher(wc.model),
     threads: config["train"]["threads"]
     resources:
-        gpu=1,
+        gpu=lambda wc: train_gpus(wc.model),
     log:
         f"{LOGS}/train/{{model}}.log",
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m captioner train --model {wildcards.model} --features {input.features}"
+        "{params.launch} captioner train --model {wildcards.model} --features {input.features}"
         " --captions {input.captions} --vocab {input.vocab} --hparams {params.hparams:q} {params.init}"
         " --out-dir {params.out_dir} --threads {threads} --device {params.device} 2> {log}"

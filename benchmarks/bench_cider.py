@@ -43,6 +43,10 @@ def main() -> None:
     for hyps, refs in batches:
         scorer.score(hyps, refs)
     ours = (time.perf_counter() - start) / args.batches
+    start = time.perf_counter()  # the same images again: their reference vectors are cached (SCST epochs 2+)
+    for hyps, refs in batches:
+        scorer.score(hyps, refs)
+    ours_cached = (time.perf_counter() - start) / args.batches
     start = time.perf_counter()
     for hyps, refs in batches:
         Cider().compute_score({i: r for i, r in enumerate(refs)}, {i: [h] for i, h in enumerate(hyps)})
@@ -53,7 +57,9 @@ def main() -> None:
         "reference vectors are computed in the batch (as in the first SCST epoch)", "",
         "| scorer | ms / batch | speed-up |", "|---|---:|---:|",
         f"| pycocoevalcap `Cider().compute_score` | {1000 * reference:.2f} | 1.0x |",
-        f"| ours `CiderD.score` | {1000 * ours:.2f} | {reference / ours:.1f}x |"])
+        f"| ours `CiderD.score`, first visit of each image | {1000 * ours:.2f} | {reference / ours:.1f}x |",
+        f"| ours `CiderD.score`, reference vectors cached (later epochs) | {1000 * ours_cached:.2f} | "
+        f"{reference / ours_cached:.1f}x |"])
 
 
 if __name__ == "__main__":

@@ -32,3 +32,23 @@ def test_fixed_document_frequencies_differ_from_batch_frequencies():
     one = scorer.score(["a dog runs"], [["a dog runs", "a dog is running"]])
     assert one[0] > 0  # a single image still gets a meaningful score with training-set idf
     assert scorer.score(["a dog runs"], [["a dog runs"]])[0] > scorer.score(["a cat"], [["a dog runs"]])[0]
+
+
+def test_batching_grouping_and_caching_do_not_change_scores():
+    """Scores with training-set document frequencies: references holding n-grams the training set lacks, several
+    beams sharing one reference set, cached reference vectors and one-at-a-time scoring all agree."""
+    rng = random.Random(1)
+    train = [[random_caption(rng) for _ in range(5)] for _ in range(50)]
+    ref_sets = [[random_caption(rng) + " zebra giraffe" for _ in range(3)] + [random_caption(rng)] for _ in range(8)]
+    hyps, refs = [], []
+    for image in ref_sets:  # 5 beams per image, some reusing the unseen words of their references
+        for beam in range(5):
+            hyps.append(random_caption(rng) + (" zebra giraffe" if beam % 2 else " okapi"))
+            refs.append(image)
+    batch = CiderD(train).score(hyps, refs)
+    scorer = CiderD(train)
+    one_by_one = np.array([scorer.score([h], [r])[0] for h, r in zip(hyps, refs)])
+    cached = scorer.score(hyps, refs)  # every reference set is cached by now
+    np.testing.assert_allclose(one_by_one, batch, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(cached, batch, rtol=0, atol=1e-12)
+    assert (batch[1::2] > 0).all()

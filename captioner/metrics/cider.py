@@ -44,6 +44,12 @@ class CiderD:
         self._df_codes, self._df_counts = codes, counts.astype(np.float64)
         self._cache: dict = {}
         self._cache_size = cache_size
+        self._extra_slot: dict[int, int] = {}
+        self._extra_limit = 4 * cache_size
+
+    @property
+    def _slot_width(self) -> int:
+        return len(self._df_codes) + len(self._extra_slot) + 1
 
     # ------------------------------------------------------------------------------------------- encoding
     def _new_id(self, word: str) -> int:
@@ -86,9 +92,12 @@ class CiderD:
         if len(self._df_codes):
             slot = np.minimum(np.searchsorted(self._df_codes, codes), len(self._df_codes) - 1)
             known = self._df_codes[slot] == codes
-        unseen, unseen_slot = np.unique(codes[~known], return_inverse=True)
-        slot[~known] = len(self._df_codes) + unseen_slot
-        width = len(self._df_codes) + len(unseen)
+        if not known.all():  # n-grams absent from the df table get stable slots after it (cached vectors use them)
+            unseen, inverse = np.unique(codes[~known], return_inverse=True)
+            extra, first_free = self._extra_slot, len(self._df_codes)
+            slot[~known] = np.fromiter((extra.setdefault(int(c), first_free + len(extra)) for c in unseen),
+                                       dtype=np.int64, count=len(unseen))[inverse]
+        width = self._slot_width
         keys, first, tf = np.unique(owner * width + slot, return_index=True, return_counts=True)
         tf = tf.astype(np.float64)
         owner, codes, orders, slot, known = owner[first], codes[first], orders[first], slot[first], known[first]
@@ -99,7 +108,7 @@ class CiderD:
         np.add.at(norms, (owner, orders), weight ** 2)
         bigram = orders == 1  # pycocoevalcap measures length in bigrams
         lengths = np.bincount(owner[bigram], weights=tf[bigram], minlength=count)
-        return {"owner": owner, "code": codes, "order": orders, "weight": weight, "norm": np.sqrt(norms),
+        return {"owner": owner, "slot": slot, "order": orders, "weight": weight, "norm": np.sqrt(norms),
                 "length": lengths}
 
     def _split_vectors(self, vectors: dict, sizes: list[int]) -> list[dict]:
@@ -109,18 +118,21 @@ class CiderD:
         groups = []
         for g in range(len(sizes)):
             lo, hi = cuts[g], cuts[g + 1]
-            groups.append({"owner": vectors["owner"][lo:hi] - bounds[g], "code": vectors["code"][lo:hi],
+            groups.append({"owner": vectors["owner"][lo:hi] - bounds[g], "slot": vectors["slot"][lo:hi],
                            "order": vectors["order"][lo:hi], "weight": vectors["weight"][lo:hi],
                            "norm": vectors["norm"][bounds[g]:bounds[g + 1]],
                            "length": vectors["length"][bounds[g]:bounds[g + 1]]})
         return groups
 
-    def _hypotheses_and_references(self, hypotheses: Sequence, references: Sequence[Sequence]):
-        """Vectors of the hypotheses and of each reference set, computed in one pass with the sets not cached yet."""
-        keys = [tuple(refs) for refs in references]
-        missing = list(dict.fromkeys(k for k in keys if k not in self._cache))
-        if missing and len(self._cache) + len(missing) > self._cache_size:
-            self._cache.clear()
+    def _hypotheses_and_references(self, hypotheses: Sequence, keys: list[tuple]):
+        """Vectors of the hypotheses and of each distinct reference set, computed in one pass with the sets not
+        cached yet."""
+        missing = [k for k in keys if k not in self._cache]
+        if missing and (len(self._cache) + len(missing) > self._cache_size
+                        or len(self._extra_slot) > self._extra_limit):
+            self._cache.clear()  # slots of unseen n-grams are only meaningful together with the cached vectors
+            self._extra_slot.clear()
+            missing = keys
         sentences = list(hypotheses) + [sentence for key in missing for sentence in key]
         groups = self._split_vectors(self._vectors(sentences), [len(hypotheses)] + [len(key) for key in missing])
         self._cache.update(zip(missing, groups[1:]))
@@ -133,38 +145,45 @@ class CiderD:
             raise ValueError("one reference list per hypothesis")
         if not len(hypotheses):
             return np.zeros(0)
-        hyp, ref_sets = self._hypotheses_and_references(hypotheses, references)
-        # every (hypothesis, reference) pair, references concatenated per hypothesis
-        refs_per_hyp = np.array([len(refs) for refs in references])
-        if (refs_per_hyp == 0).any():
+        # the k beams of an image share one reference set: join each hypothesis n-gram with its set's entries once
+        set_of: dict[tuple, int] = {}
+        hyp_set = np.fromiter((set_of.setdefault(tuple(refs), len(set_of)) for refs in references), dtype=np.int64,
+                              count=len(references))
+        keys = list(set_of)
+        if any(len(key) == 0 for key in keys):
             raise ValueError("every hypothesis needs at least one reference")
-        pair_offset = np.concatenate([[0], np.cumsum(refs_per_hyp)[:-1]])
-        pairs = int(refs_per_hyp.sum())
-        pair_hyp = np.repeat(np.arange(len(hypotheses)), refs_per_hyp)
-        ref_pair = np.concatenate([r["owner"] + offset for r, offset in zip(ref_sets, pair_offset)])
-        ref_code = np.concatenate([r["code"] for r in ref_sets])
+        hyp, ref_sets = self._hypotheses_and_references(hypotheses, keys)
+        set_sizes = np.array([len(key) for key in keys])
+        set_start = np.concatenate([[0], np.cumsum(set_sizes)[:-1]])  # first reference sentence of each set
+        ref_sentence = np.concatenate([r["owner"] + start for r, start in zip(ref_sets, set_start)])
+        ref_set = np.repeat(np.arange(len(keys)), [len(r["owner"]) for r in ref_sets])
         ref_weight = np.concatenate([r["weight"] for r in ref_sets])
+        ref_order = np.concatenate([r["order"] for r in ref_sets])
         ref_norm = np.concatenate([r["norm"] for r in ref_sets])
         ref_length = np.concatenate([r["length"] for r in ref_sets])
-        # hypothesis entries repeated once per reference of that hypothesis
-        entries_per_hyp = np.bincount(hyp["owner"], minlength=len(hypotheses))
-        hyp_start = np.concatenate([[0], np.cumsum(entries_per_hyp)[:-1]])
-        reps = entries_per_hyp[pair_hyp]
-        base = np.repeat(hyp_start[pair_hyp], reps)
-        within = np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps)
-        hyp_index = base + within
-        hyp_pair = np.repeat(np.arange(pairs), reps)
-        # join on (pair, code): compact the codes first so the joint key fits in int64
-        _, compact = np.unique(np.concatenate([hyp["code"][hyp_index], ref_code]), return_inverse=True)
-        width = int(compact.max()) + 1 if len(compact) else 1
-        hyp_key = hyp_pair * width + compact[: len(hyp_index)]
-        ref_key = ref_pair * width + compact[len(hyp_index):]
-        _, hi, ri = np.intersect1d(hyp_key, ref_key, assume_unique=True, return_indices=True)
-        wh, wr = hyp["weight"][hyp_index[hi]], ref_weight[ri]
-        per_order = np.zeros((pairs, self.n))
-        np.add.at(per_order, (hyp_pair[hi], hyp["order"][hyp_index[hi]]), np.minimum(wh, wr) * wr)
-        norm_product = hyp["norm"][pair_hyp] * ref_norm
+        # join on (set, n-gram slot): sort the reference keys once, binary-search the hypothesis keys
+        width = self._slot_width
+        ref_key = ref_set * width + np.concatenate([r["slot"] for r in ref_sets])
+        by_key = np.argsort(ref_key, kind="stable")
+        sorted_keys = ref_key[by_key]
+        hyp_key = hyp_set[hyp["owner"]] * width + hyp["slot"]
+        lo = np.searchsorted(sorted_keys, hyp_key, side="left")
+        matches = np.searchsorted(sorted_keys, hyp_key, side="right") - lo
+        hyp_entry = np.repeat(np.arange(len(hyp_key)), matches)
+        ref_entry = by_key[np.repeat(lo - np.cumsum(matches) + matches, matches) + np.arange(matches.sum())]
+        # pairs (hypothesis, one of its references), numbered hypothesis by hypothesis
+        refs_per_hyp = set_sizes[hyp_set]
+        pair_start = np.concatenate([[0], np.cumsum(refs_per_hyp)[:-1]])
+        pairs = int(refs_per_hyp.sum())
+        pair_hyp = np.repeat(np.arange(len(hypotheses)), refs_per_hyp)
+        pair_ref = np.repeat(set_start[hyp_set] - pair_start, refs_per_hyp) + np.arange(pairs)
+        match_hyp = hyp["owner"][hyp_entry]
+        match_pair = pair_start[match_hyp] + ref_sentence[ref_entry] - set_start[hyp_set[match_hyp]]
+        wh, wr = hyp["weight"][hyp_entry], ref_weight[ref_entry]
+        per_order = np.bincount(match_pair * self.n + ref_order[ref_entry], weights=np.minimum(wh, wr) * wr,
+                                minlength=pairs * self.n).reshape(pairs, self.n)
+        norm_product = hyp["norm"][pair_hyp] * ref_norm[pair_ref]
         per_order = np.where(norm_product != 0, per_order / np.where(norm_product != 0, norm_product, 1.0), per_order)
-        delta = hyp["length"][pair_hyp] - ref_length
+        delta = hyp["length"][pair_hyp] - ref_length[pair_ref]
         pair_score = per_order.sum(axis=1) * np.exp(-(delta ** 2) / (2 * self.sigma ** 2))
         return 10.0 * np.bincount(pair_hyp, weights=pair_score, minlength=len(hypotheses)) / self.n / refs_per_hyp

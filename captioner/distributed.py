@@ -35,7 +35,7 @@ class Ranks:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls) -> "Ranks":
+    def from_env(cls) -> Ranks:
         """What torchrun tells each worker through its environment."""
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size <= 1:

@@ -74,7 +74,14 @@ def train_gpus(model):
 def train_launcher(model):
     """What runs `captioner train`: plain Python, or torchrun with one process per GPU (data parallel)."""
     gpus = train_gpus(model)
-    return "python -m" if gpus == 1 else f"torchrun --standalone --nproc-per-node {gpus} -m"
+    if gpus == 1:
+        return "python -m"
+    key = "scst_batch_images" if "scst" in model else "batch_size"
+    batch = hparams(model).get(key)
+    if batch is not None and batch % gpus:  # fail while planning, not when the job starts on the cluster
+        raise ValueError(f"{model}: {key} {batch} is the global batch and must be divisible by the {gpus} GPUs "
+                         "of train.gpus_per_job")
+    return f"torchrun --standalone --nproc-per-node {gpus} -m"
 
 
 def parent_dir(name):

@@ -1,0 +1,173 @@
+"""Our M² against the authors' implementation on the same random weights and inputs.
+
+Needs a checkout of https://github.com/aimagelab/meshed-memory-transformer kept *outside* this repository
+(never committed here), given with --reference-repo. Its ``models`` and ``utils`` packages are copied to a temporary
+folder and patched for current PyTorch (integer division of beam indices, boolean attention masks); nothing of it
+is imported by the project itself.
+
+1. Build the reference Transformer (MemoryAugmentedEncoder 3 layers, m=40; MeshedDecoder 3 layers) with its own
+   random initialisation, convert its state_dict with ``captioner.import_m2.convert_state_dict`` and load it into
+   our model in ``reference_compat`` mode.
+2. Beam search (beam 5, batch 50, max length 20) on random region features, zero-padded like the reference's
+   detections file: the beams must be the same words, the sequence log-probs equal within 1e-4.
+3. Throughput on this machine: beam search images/s and cross-entropy training samples/s (batch 50) of both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import append_results  # noqa: E402
+from captioner.decoding import beam_search  # noqa: E402
+from captioner.import_m2 import REFERENCE_SPECIALS, convert_state_dict  # noqa: E402
+from captioner.models.m2 import MeshedMemoryTransformer  # noqa: E402
+
+PATCHES = {  # file -> (pattern, replacement): what current PyTorch needs, nothing else
+    "models/beam_search/beam_search.py": [(r"selected_idx / candidate_logprob", "selected_idx // candidate_logprob")],
+    "models/transformer/attention.py": [(r"masked_fill\(attention_mask,", "masked_fill(attention_mask.bool(),")],
+    "models/transformer/decoders.py": [(r"torch\.zeros\(\(1, 1, 0\)\)\.byte\(\)", "torch.zeros((1, 1, 0)).bool()")],
+}
+
+
+def import_reference(repo: Path, workdir: Path):
+    for package in ("models", "utils"):
+        shutil.copytree(repo / package, workdir / package)
+    for name, patches in PATCHES.items():
+        path = workdir / name
+        text = path.read_text()
+        for pattern, replacement in patches:
+            text, count = re.subn(pattern, replacement, text)
+            if not count:
+                raise SystemExit(f"{name}: {pattern!r} not found; is this the reference repository?")
+        path.write_text(text)
+    sys.path.insert(0, str(workdir))
+    from models.transformer import MemoryAugmentedEncoder, MeshedDecoder, ScaledDotProductAttentionMemory, Transformer
+
+    return Transformer, MemoryAugmentedEncoder, MeshedDecoder, ScaledDotProductAttentionMemory
+
+
+def timed(function, repeats: int) -> float:
+    function()  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        function()
+    return (time.perf_counter() - start) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference-repo", type=Path, required=True)
+    parser.add_argument("--vocab", type=int, default=10201, help="vocabulary size (COCO: 10201)")
+    parser.add_argument("--regions", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--max-length", type=int, default=20)
+    parser.add_argument("--caption-length", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    with tempfile.TemporaryDirectory(prefix="m2-reference-") as workdir:
+        Transformer, Encoder, Decoder, MemoryAttention = import_reference(args.reference_repo, Path(workdir))
+        torch.manual_seed(0)
+        reference_itos = list(REFERENCE_SPECIALS) + [f"w{i}" for i in range(args.vocab - 4)]
+        encoder = Encoder(3, 0, attention_module=MemoryAttention, attention_module_kwargs={"m": 40})
+        decoder = Decoder(len(reference_itos), 54, 3, reference_itos.index("<pad>"))
+        reference = Transformer(reference_itos.index("<bos>"), encoder, decoder).to(device).eval()
+        state, config, our_itos = convert_state_dict(reference.state_dict(), reference_itos)
+        ours = MeshedMemoryTransformer(config)
+        ours.load_state_dict(state, strict=True)
+        ours.to(device).eval()
+
+        features = torch.randn(args.batch, args.regions, 2048, device=device)
+        num_boxes = torch.randint(10, args.regions + 1, (args.batch,), device=device)
+        features[torch.arange(args.regions, device=device)[None] >= num_boxes[:, None]] = 0.0  # zero padding
+        eos_ref, eos_ours = reference_itos.index("<eos>"), our_itos.index("<eos>")
+
+        def reference_beams():
+            with torch.no_grad():
+                return reference.beam_search(features, args.max_length, eos_ref, args.beam, out_size=1)
+
+        def our_beams():
+            with torch.no_grad():
+                return beam_search(*ours.decoder(features, num_boxes), args.batch, args.beam, args.max_length,
+                                   our_itos.index("<bos>"), eos_ours, our_itos.index("<pad>"))
+
+        ref_tokens, ref_logprobs = reference_beams()
+        result = our_beams()
+        same, worst = 0, 0.0
+        for i in range(args.batch):
+            words_ref = []
+            for t in ref_tokens[i].tolist():
+                words_ref.append(reference_itos[t])
+                if t == eos_ref:
+                    break
+            words_ours = []
+            for t in result.tokens[i, 0].tolist():
+                words_ours.append(our_itos[t])
+                if t == eos_ours:
+                    break
+            same += words_ref == words_ours
+            worst = max(worst, abs(float(ref_logprobs[i].sum()) - float(result.logprob[i, 0])))
+        print(f"identical beams: {same}/{args.batch}; max |log-prob difference| {worst:.2e}")
+        if same != args.batch or worst > 1e-4:
+            raise SystemExit("the implementations disagree")
+
+        beam_ref = timed(reference_beams, args.repeats)
+        beam_ours = timed(our_beams, args.repeats)
+
+        captions = torch.randint(4, args.vocab, (args.batch, args.caption_length + 2), device=device)
+        captions[:, 0] = reference_itos.index("<bos>")
+        captions_ours = captions.clone()
+        captions_ours[:, 0] = our_itos.index("<bos>")  # word ids >= 4 are the same words in both vocabularies
+        reference.train()
+        ours.train()
+        ref_optimizer = torch.optim.Adam(reference.parameters(), lr=1e-5, betas=(0.9, 0.98))
+        our_optimizer = torch.optim.Adam(ours.parameters(), lr=1e-5, betas=(0.9, 0.98))
+
+        def reference_step():
+            log_probs = reference(features, captions[:, :-1])
+            loss = F.nll_loss(log_probs.reshape(-1, log_probs.shape[-1]), captions[:, 1:].reshape(-1),
+                              ignore_index=reference_itos.index("<pad>"))
+            ref_optimizer.zero_grad()
+            loss.backward()
+            ref_optimizer.step()
+
+        def our_step():
+            loss = ours.loss(features, num_boxes, captions_ours)["loss"]
+            our_optimizer.zero_grad()
+            loss.backward()
+            our_optimizer.step()
+
+        xe_ref = timed(reference_step, args.repeats)
+        xe_ours = timed(our_step, args.repeats)
+
+    append_results("M2: ours vs the reference implementation (same weights, same inputs)", [
+        f"random reference weights converted with `captioner.import_m2`; {args.regions} regions (10-{args.regions} "
+        f"real, zero-padded), vocabulary {args.vocab}, d=512, 3+3 layers, m=40, {args.threads} threads on "
+        f"{args.device}; reference = aimagelab/meshed-memory-transformer with the two PyTorch fixes listed in the "
+        "script", "",
+        f"- beams: {same}/{args.batch} identical, max |sequence log-prob difference| {worst:.1e} (reference_compat)",
+        "",
+        "| measure | reference | ours | speed-up |", "|---|---:|---:|---:|",
+        f"| beam search (beam {args.beam}, batch {args.batch}, max length {args.max_length}), images/s | "
+        f"{args.batch / beam_ref:.1f} | {args.batch / beam_ours:.1f} | {beam_ref / beam_ours:.2f}x |",
+        f"| XE training (batch {args.batch}, {args.caption_length}-word captions), samples/s | "
+        f"{args.batch / xe_ref:.1f} | {args.batch / xe_ours:.1f} | {xe_ref / xe_ours:.2f}x |"])
+
+
+if __name__ == "__main__":
+    main()

@@ -72,7 +72,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--max-length", type=int, default=20)
-    parser.add_argument("--caption-length", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
@@ -129,10 +128,20 @@ def main() -> None:
         beam_ref = timed(reference_beams, args.repeats)
         beam_ours = timed(our_beams, args.repeats)
 
-        captions = torch.randint(4, args.vocab, (args.batch, args.caption_length + 2), device=device)
+        # COCO-like caption lengths (Karpathy train: mean ~10.5 words), padded to the longest of the batch
+        generator = torch.Generator().manual_seed(0)
+        lengths = (torch.randn(args.batch, generator=generator) * 2.4 + 10.5).round().clamp(6, 20).long()
+        words = torch.randint(4, args.vocab, (args.batch, int(lengths.max()) + 2), generator=generator)
+        position = torch.arange(words.shape[1])[None]
+        captions = words.clone()
         captions[:, 0] = reference_itos.index("<bos>")
-        captions_ours = captions.clone()
-        captions_ours[:, 0] = our_itos.index("<bos>")  # word ids >= 4 are the same words in both vocabularies
+        captions[position == lengths[:, None] + 1] = eos_ref
+        captions[position > lengths[:, None] + 1] = reference_itos.index("<pad>")
+        captions_ours = words.clone()  # word ids >= 4 are the same words in both vocabularies
+        captions_ours[:, 0] = our_itos.index("<bos>")
+        captions_ours[position == lengths[:, None] + 1] = eos_ours
+        captions_ours[position > lengths[:, None] + 1] = our_itos.index("<pad>")
+        captions, captions_ours = captions.to(device), captions_ours.to(device)
         reference.train()
         ours.train()
         ref_optimizer = torch.optim.Adam(reference.parameters(), lr=1e-5, betas=(0.9, 0.98))
@@ -165,7 +174,8 @@ def main() -> None:
         "| measure | reference | ours | speed-up |", "|---|---:|---:|---:|",
         f"| beam search (beam {args.beam}, batch {args.batch}, max length {args.max_length}), images/s | "
         f"{args.batch / beam_ref:.1f} | {args.batch / beam_ours:.1f} | {beam_ref / beam_ours:.2f}x |",
-        f"| XE training (batch {args.batch}, {args.caption_length}-word captions), samples/s | "
+        f"| XE training (batch {args.batch}, COCO-like caption lengths {int(lengths.min())}-{int(lengths.max())} "
+        f"words, mean {lengths.float().mean():.1f}, padded), samples/s | "
         f"{args.batch / xe_ref:.1f} | {args.batch / xe_ours:.1f} | {xe_ref / xe_ours:.2f}x |"])
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
-
 
 def _extract(args) -> None:
     import torch
@@ -43,7 +41,7 @@ def _import_m2(args) -> None:
 
 def _verify(args) -> int:
     from captioner import karpathy
-    from features.store import FeatureStore, StoreError
+    from features.store import FeatureStore, StoreError, nonfinite_rows
 
     try:
         store = FeatureStore(args.store)
@@ -56,7 +54,7 @@ def _verify(args) -> int:
         ids = store.image_ids[start:start + 512]
         data = store.gather(ids, require_finite=False)  # count them all instead of stopping at the first
         feats = data["features"]
-        bad_ids += ids[~np.isfinite(feats.reshape(len(feats), -1)).all(axis=1)].tolist()
+        bad_ids += ids[nonfinite_rows(feats)].tolist()
         if store.kind == "regions":
             nb = data["num_boxes"]
             out_of_range += ids[(nb < 0) | (nb > store.rows_per_image)].tolist()

@@ -14,6 +14,7 @@ from PIL import Image
 
 from captioner.scoring import spice_status
 from features.store import FeatureStore
+from tests.faults.helpers import clean_error, extract_command
 from tests.workflow_helpers import copy_workflow, edit_config, environment, snakemake
 
 BAD_IMAGES = ("truncated", "empty", "missing")
@@ -59,15 +60,6 @@ def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, check=False, env=env)
 
 
-def error_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
-    assert "Traceback" not in result.stderr, result.stderr[-2000:]
-    lines = result.stderr.splitlines()
-    starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
-    assert len(starts) == 1, result.stderr[-2000:]
-    return "\n".join(lines[starts[0]:])  # the message, with any list of items that follows it
-
-
 @pytest.mark.parametrize("on_error", ["fail", "skip"])
 def test_bad_and_odd_images(tmp_path, on_error):
     files = odd_images(tmp_path / "images")
@@ -76,12 +68,10 @@ def test_bad_and_odd_images(tmp_path, on_error):
         {"filepath": "images", "filename": path.name, "cocoid": i, "split": "train",
          "sentences": [{"raw": "a picture"}]} for i, path in enumerate(files.values())])
     out = tmp_path / "grid.h5"
-    result = run("-m", "features", "extract", "--kind", "grid", "--karpathy-json", str(source), "--image-root",
-                 str(tmp_path), "--out", str(out), "--backbone", "resnet18", "--image-size", "64", "--grid-size", "2",
-                 "--batch-size", "3", "--num-workers", "0", "--device", "cpu", "--dtype", "float32",
-                 "--on-error", on_error)
+    result = subprocess.run(extract_command(source, tmp_path, out, 64, 2, "--on-error", on_error),
+                            capture_output=True, text=True, check=False)
     if on_error == "fail":
-        line = error_line(result)
+        line = clean_error(result)
         for name in BAD_IMAGES:  # every bad file is named, not just the first
             assert f"{name}.jpg" in line
         assert not out.exists()
@@ -123,7 +113,7 @@ def test_malformed_karpathy_json_is_named(tmp_path, fault):
         source.write_text('{"images": [')
     elif fault == "no_images":
         source.write_text('{"annotations": []}')
-    line = error_line(prepare_text(source, tmp_path / "text"))
+    line = clean_error(prepare_text(source, tmp_path / "text"))
     assert str(source) in line
     expected = {"missing_sentences": "images[1] has no 'sentences'", "missing_split": "images[2] has no 'split'",
                 "duplicate_id": "duplicate image ids: 1", "not_json": "not valid JSON", "no_images": "images"}[fault]
@@ -169,7 +159,7 @@ def test_java_missing_is_a_clear_error(one_test_image, tmp_path):
     env["PATH"] = str(Path(sys.executable).parent)  # python, and no java
     result = run("-m", "captioner", "score", "--predictions", str(predictions), "--captions", str(captions),
                  "--out", str(tmp_path / "scores.json"), env=env)
-    assert "java is not on PATH" in error_line(result)
+    assert "java is not on PATH" in clean_error(result)
     assert not (tmp_path / "scores.json").exists()
 
 

@@ -16,6 +16,7 @@ import pytest
 from captioner.checkpoint import load_checkpoint
 from captioner.demo_data import generate
 from features.store import FeatureStore
+from tests.faults.helpers import extract_command
 from tests.training_helpers import HPARAMS, losses, train_command
 from tests.workflow_helpers import TINY_CONFIG, copy_workflow, environment, planned_jobs, snakemake
 
@@ -32,10 +33,7 @@ def test_extraction_killed_resumes_and_equals_an_uninterrupted_run(tmp_path):
     demo = tmp_path / "demo"
     generate(demo, seed=5, num_train=80, num_val=2, num_test=2)
     out = tmp_path / "grid.h5"
-    command = [sys.executable, "-m", "features", "extract", "--kind", "grid", "--karpathy-json",
-               str(demo / "dataset_coco.json"), "--image-root", str(demo), "--out", str(out), "--backbone",
-               "resnet18", "--image-size", "160", "--grid-size", "2", "--batch-size", "4", "--num-workers", "0",
-               "--device", "cpu", "--dtype", "float32"]
+    command = extract_command(demo / "dataset_coco.json", demo, out, 160, 2)
     process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
     partial = tmp_path / ".grid.h5.partial"
     batch_bytes = 4 * 4 * 512 * 4
@@ -56,8 +54,8 @@ def test_extraction_killed_resumes_and_equals_an_uninterrupted_run(tmp_path):
     assert len(store) == len(set(store.image_ids.tolist())) == 84
 
     uninterrupted = tmp_path / "fresh.h5"
-    subprocess.run(command[:command.index("--out") + 1] + [str(uninterrupted)] + command[command.index("--out") + 2:],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(extract_command(demo / "dataset_coco.json", demo, uninterrupted, 160, 2), check=True,
+                   capture_output=True, timeout=600)
     np.testing.assert_array_equal(store.gather(store.image_ids)["features"],
                                   FeatureStore(uninterrupted).gather(store.image_ids)["features"])
     verify = subprocess.run([sys.executable, "-m", "features", "verify", str(out), "--split-file",

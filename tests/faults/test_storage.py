@@ -18,6 +18,7 @@ import torch
 from captioner.demo_data import generate
 from captioner.training import Trainer, TrainingError
 from features.store import FeatureStore
+from tests.faults.helpers import clean_error, extract_command
 from tests.training_helpers import HPARAMS, train_command
 
 
@@ -28,22 +29,8 @@ def demo(tmp_path_factory) -> Path:
     return out
 
 
-def extract_command(demo: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "features", "extract", "--kind", "grid", "--karpathy-json",
-            str(demo / "dataset_coco.json"), "--image-root", str(demo), "--out", str(out), "--backbone", "resnet18",
-            "--image-size", "64", "--grid-size", "4", "--batch-size", "4", "--num-workers", "0", "--device", "cpu",
-            "--dtype", "float32"]
-
-
-def assert_clean_failure(result: subprocess.CompletedProcess, *names: str) -> str:
-    """Exit status 1, one ``error:`` line naming each of ``names``, no Python traceback."""
-    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr[-2000:]
-    assert "Traceback (most recent call last)" not in result.stderr.split(errors[0])[0].split("img/s]")[-1]
-    for name in names:
-        assert name in errors[0], errors[0]
-    return errors[0]
+def extract(demo: Path, out: Path) -> list[str]:
+    return extract_command(demo / "dataset_coco.json", demo, out)
 
 
 @pytest.fixture
@@ -63,8 +50,8 @@ def small_tmpfs(tmp_path):
 
 def test_full_disk_is_refused_before_any_image_is_read(demo, small_tmpfs):
     out = small_tmpfs / "grid.h5"
-    result = subprocess.run(extract_command(demo, out), capture_output=True, text=True, check=False)
-    line = assert_clean_failure(result, str(out), "MiB are free")
+    result = subprocess.run(extract(demo, out), capture_output=True, text=True, check=False)
+    line = clean_error(result, str(out), "MiB are free")
     assert "24 images" in line
     assert list(small_tmpfs.iterdir()) == []  # nothing written, nothing that looks complete
 
@@ -76,16 +63,16 @@ def test_disk_filling_up_midway_fails_the_rule_and_the_rerun_resumes(demo, tmp_p
     def limit_file_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    result = subprocess.run(extract_command(demo, out), capture_output=True, text=True, check=False,
+    result = subprocess.run(extract(demo, out), capture_output=True, text=True, check=False,
                             preexec_fn=limit_file_size)
-    assert_clean_failure(result, ".grid.h5.partial", "writing features failed", "disk full")
+    clean_error(result, ".grid.h5.partial", "writing features failed", "disk full", native_noise_before=True)
     assert not out.exists()  # only the partial file, under a name that is not the output's
     assert (tmp_path / ".grid.h5.partial").stat().st_size <= limit
 
-    resumed = subprocess.run(extract_command(demo, out), capture_output=True, text=True, check=False)
+    resumed = subprocess.run(extract(demo, out), capture_output=True, text=True, check=False)
     assert resumed.returncode == 0, resumed.stderr
     fresh = tmp_path / "fresh.h5"
-    subprocess.run(extract_command(demo, fresh), check=True, capture_output=True)
+    subprocess.run(extract(demo, fresh), check=True, capture_output=True)
     store, reference = FeatureStore(out), FeatureStore(fresh)
     np.testing.assert_array_equal(store.gather(store.image_ids)["features"],
                                   reference.gather(store.image_ids)["features"])
@@ -116,7 +103,7 @@ def test_damaged_checkpoint_is_named_by_decode_and_resume(caption_set, trained, 
     checkpoint.write_bytes(broken)
     result = subprocess.run(decode_command(checkpoint, caption_set, tmp_path / "predictions.json"),
                             capture_output=True, text=True, check=False)
-    assert_clean_failure(result, str(checkpoint))
+    clean_error(result, str(checkpoint))
     assert not (tmp_path / "predictions.json").exists()
 
     out_dir = tmp_path / "run"  # a damaged last.pt is refused, not half-loaded
@@ -124,7 +111,7 @@ def test_damaged_checkpoint_is_named_by_decode_and_resume(caption_set, trained, 
     (out_dir / "last.pt").write_bytes(broken)
     result = subprocess.run(train_command(caption_set, out_dir, HPARAMS), capture_output=True, text=True,
                             check=False)
-    assert_clean_failure(result, str(out_dir / "last.pt"))
+    clean_error(result, str(out_dir / "last.pt"))
     assert (out_dir / "last.pt").read_bytes() == broken  # kept for inspection, not overwritten
 
 
@@ -146,13 +133,13 @@ def test_damaged_store_is_named_by_training_and_decoding(caption_set, trained, t
         store.write_bytes(bytes(raw))
     result = subprocess.run(train_command(caption_set, tmp_path / "out", HPARAMS, features=store),
                             capture_output=True, text=True, check=False)
-    line = assert_clean_failure(result, str(store))
+    line = clean_error(result, str(store))
     if damage == "garbage_chunk":
         assert "non-finite" in line and "5" in line
     assert not (tmp_path / "out/checkpoint.pt").exists()
     result = subprocess.run(decode_command(trained, caption_set, tmp_path / "p.json", features=store),
                             capture_output=True, text=True, check=False)
-    line = assert_clean_failure(result, str(store))
+    line = clean_error(result, str(store))
     if damage == "garbage_chunk":
         assert "non-finite" in line and "55" in line
     assert not (tmp_path / "p.json").exists()
@@ -167,7 +154,7 @@ def test_non_finite_stored_feature_names_the_image(caption_set, tmp_path, value)
         handle["features"][row, 1, 2] = value
     result = subprocess.run(train_command(caption_set, tmp_path / "out", HPARAMS, features=store),
                             capture_output=True, text=True, check=False)
-    assert_clean_failure(result, "non-finite", "17", str(store))
+    clean_error(result, "non-finite", "17", str(store))
     verify = subprocess.run([sys.executable, "-m", "features", "verify", str(store)], capture_output=True,
                             text=True, check=False)
     assert verify.returncode == 1 and "17" in verify.stdout
@@ -198,5 +185,5 @@ def test_caption_id_missing_from_the_store_fails_before_training(caption_set, tm
     command = train_command(caption_set, tmp_path / "out", HPARAMS)
     command[command.index("--captions") + 1] = str(tmp_path / "captions.json")
     result = subprocess.run(command, capture_output=True, text=True, check=False)
-    assert_clean_failure(result, "image id 4242", str(caption_set / "grid.h5"))
+    clean_error(result, "image id 4242", str(caption_set / "grid.h5"))
     assert not (tmp_path / "out").exists()

@@ -1,0 +1,31 @@
+"""What every fault test needs: the extraction command line, and the check that a command failed cleanly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def extract_command(karpathy_json: Path, image_root: Path, out: Path, image_size: int = 64, grid_size: int = 4,
+                    *options: str) -> list[str]:
+    """``python -m features extract`` of a small random-init ResNet-18 grid, float32, in the main process."""
+    return [sys.executable, "-m", "features", "extract", "--kind", "grid", "--karpathy-json", str(karpathy_json),
+            "--image-root", str(image_root), "--out", str(out), "--backbone", "resnet18", "--image-size",
+            str(image_size), "--grid-size", str(grid_size), "--batch-size", "4", "--num-workers", "0", "--device",
+            "cpu", "--dtype", "float32", *options]
+
+
+def clean_error(result: subprocess.CompletedProcess, *names: str, native_noise_before: bool = False) -> str:
+    """Exit status 1 and one ``error:`` message naming each of ``names``, without a Python traceback; returns the
+    message with the list of items that may follow it. ``native_noise_before``: h5py's finalisers may print their
+    own echo of an I/O failure before the message (disk full); only the message itself is checked then."""
+    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
+    lines = result.stderr.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    assert len(starts) == 1, result.stderr[-2000:]
+    message = "\n".join(lines[starts[0]:])
+    assert "Traceback" not in (message if native_noise_before else result.stderr), result.stderr[-2000:]
+    for name in names:
+        assert name in message, message
+    return message

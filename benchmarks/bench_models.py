@@ -26,7 +26,7 @@ def captions(batch: int, length: int, device) -> torch.Tensor:
     return tokens
 
 
-def time_training(model, make_inputs, batch: int, steps: int, device) -> float:
+def time_training(model, make_inputs, batch: int, steps: int, device, bf16: bool) -> float:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     model.train()
     inputs = make_inputs(batch)
@@ -35,7 +35,7 @@ def time_training(model, make_inputs, batch: int, steps: int, device) -> float:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = model.loss(**inputs)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.float().backward()
@@ -46,7 +46,7 @@ def time_training(model, make_inputs, batch: int, steps: int, device) -> float:
 
 
 @torch.inference_mode()
-def time_beam(model, make_inputs, batch: int, repeats: int, beam: int, max_length: int, device) -> float:
+def time_beam(model, make_inputs, batch: int, repeats: int, beam: int, max_length: int, device, bf16: bool) -> float:
     model.eval()
     inputs = make_inputs(batch)
     inputs.pop("captions")
@@ -55,7 +55,7 @@ def time_beam(model, make_inputs, batch: int, repeats: int, beam: int, max_lengt
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             state, step = model.decoder(**inputs)
             beam_search(state, step, batch, beam, max_length, 1, 2, 0, stop_when_done=False)
     if device.type == "cuda":
@@ -68,8 +68,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="as train.precision: auto = bf16 autocast on a GPU, fp32 on the CPU")
     args = parser.parse_args()
     device = torch.device(args.device)
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     torch.manual_seed(0)
     sat = ShowAttendTell(SATConfig(vocab_size=VOCAB, feature_dim=2048, embed_dim=512, hidden_dim=1800,
                                    attention_dim=512, attention_layers=2, init_layers=2)).to(device)
@@ -85,12 +88,13 @@ def main() -> None:
     rows = ["| model | training samples/s (batch) | beam-5 images/s (batch 50, 20 steps) |", "|---|---:|---:|"]
     for name, model, make, batch in (("SAT soft (LSTM 1800, 196x2048)", sat, sat_inputs, 64),
                                      ("M² (3+3 layers, d 512, 40 memory slots)", m2, m2_inputs, 50)):
-        train = time_training(model, make, batch, args.steps, device)
-        beam = time_beam(model, make, 50, args.repeats, 5, 20, device)
+        train = time_training(model, make, batch, args.steps, device, bf16)
+        beam = time_beam(model, make, 50, args.repeats, 5, 20, device, bf16)
         rows.append(f"| {name} | {train:,.1f} ({batch}) | {beam:,.1f} |")
         print(rows[-1], flush=True)
     append_results("Models at paper size: training and beam-search throughput", [
-        f"device {device}; synthetic features, captions of 16 words + <bos>/<eos>, vocabulary {VOCAB}; training = "
+        f"device {device}, {'bf16 autocast' if bf16 else 'fp32'}; synthetic features, captions of 16 words + "
+        f"<bos>/<eos>, vocabulary {VOCAB}; training = "
         f"forward + backward + Adam, timed over {args.steps} steps after one warm-up step; beam search always runs "
         "the full 20 steps (no early stop), KV-cached for M²", "", *rows])
 

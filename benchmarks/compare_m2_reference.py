@@ -10,7 +10,9 @@ is imported by the project itself.
    our model in ``reference_compat`` mode.
 2. Beam search (beam 5, batch 50, max length 20) on random region features, zero-padded like the reference's
    detections file: the beams must be the same words, the sequence log-probs equal within 1e-4.
-3. Throughput on this machine: beam search images/s and cross-entropy training samples/s (batch 50) of both.
+3. Throughput on this machine: beam search images/s and cross-entropy training samples/s (batch 50) of both,
+   in fp32 and under bf16 autocast (our ``precision: bf16``; the reference has no such option, so it is also
+   shown wrapped in autocast from outside).
 """
 
 from __future__ import annotations
@@ -161,14 +163,22 @@ def main() -> None:
             loss.backward()
             our_optimizer.step()
 
+        def bf16(step):  # what train.precision: bf16 does around the forward pass
+            def wrapped():
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    step()
+            return wrapped
+
         xe_ref = timed(reference_step, args.repeats)
         xe_ours = timed(our_step, args.repeats)
+        xe_ours_bf16 = timed(bf16(our_step), args.repeats)
+        xe_ref_bf16 = timed(bf16(reference_step), args.repeats)
 
     append_results("M2: ours vs the reference implementation (same weights, same inputs)", [
         f"random reference weights converted with `captioner.import_m2`; {args.regions} regions (10-{args.regions} "
         f"real, zero-padded), vocabulary {args.vocab}, d=512, 3+3 layers, m=40, {args.threads} threads on "
-        f"{args.device}; reference = aimagelab/meshed-memory-transformer with the two PyTorch fixes listed in the "
-        "script", "",
+        f"{args.device}; reference = aimagelab/meshed-memory-transformer with the PyTorch fixes listed in the "
+        "script (`PATCHES`)", "",
         f"- beams: {same}/{args.batch} identical, max |sequence log-prob difference| {worst:.1e} (reference_compat)",
         "",
         "| measure | reference | ours | speed-up |", "|---|---:|---:|---:|",
@@ -176,7 +186,12 @@ def main() -> None:
         f"{args.batch / beam_ref:.1f} | {args.batch / beam_ours:.1f} | {beam_ref / beam_ours:.2f}x |",
         f"| XE training (batch {args.batch}, COCO-like caption lengths {int(lengths.min())}-{int(lengths.max())} "
         f"words, mean {lengths.float().mean():.1f}, padded), samples/s | "
-        f"{args.batch / xe_ref:.1f} | {args.batch / xe_ours:.1f} | {xe_ref / xe_ours:.2f}x |"])
+        f"{args.batch / xe_ref:.1f} | {args.batch / xe_ours:.1f} | {xe_ref / xe_ours:.2f}x |",
+        f"| XE training, ours with `precision: bf16` vs the reference as it ships (fp32: it has no mixed-precision "
+        f"option), samples/s | {args.batch / xe_ref:.1f} | {args.batch / xe_ours_bf16:.1f} | "
+        f"{xe_ref / xe_ours_bf16:.2f}x |",
+        f"| XE training, both under bf16 autocast (the reference wrapped from outside), samples/s | "
+        f"{args.batch / xe_ref_bf16:.1f} | {args.batch / xe_ours_bf16:.1f} | {xe_ref_bf16 / xe_ours_bf16:.2f}x |"])
 
 
 if __name__ == "__main__":

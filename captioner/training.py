@@ -43,7 +43,9 @@ class TrainingError(RuntimeError):
 COMMON_DEFAULTS = {
     "epochs": 10, "batch_size": 64, "lr": 2e-4, "grad_clip": 5.0, "patience": 5, "seed": 0,
     "feature_norm_images": 5000, "val_max_length": 20, "collapse_repeats": False, "preload_features": True,
+    "precision": "auto",
 }
+PRECISIONS = ("auto", "fp32", "bf16")
 FAMILY_DEFAULTS = {
     "sat": {"lr": 2e-4, "batch_size": 64},
     "m2": {"lr": 1.0, "batch_size": 50, "warmup": 10000, "grad_clip": 0.0, "collapse_repeats": True,
@@ -104,6 +106,8 @@ class Trainer:
                  init: str | None = None, device: str = "auto"):
         self.name = ModelName.parse(name)
         self.hp = merged_hparams(self.name, hparams)
+        if self.hp["precision"] not in PRECISIONS:
+            raise TrainingError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.hp['precision']!r}")
         self.out_dir = Path(out_dir)
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if device == "auto" else device))
@@ -263,8 +267,11 @@ class Trainer:
         return out.to(self.device)
 
     def _autocast(self):
-        """bf16 autocast on GPUs (no loss scaling needed); full precision on the CPU."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        """bf16 autocast (no loss scaling needed) on GPUs by default, on CPUs when asked: matrix products
+        run 3-4x faster on CPUs with bf16 units (AVX512-BF16, AMX); "auto" keeps the CPU in fp32."""
+        precision = self.hp["precision"]
+        enabled = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _lr_for_step(self) -> float | None:
         if self.name.family == "m2" and self.name.variant == "xe":

@@ -84,3 +84,26 @@ def test_scst_gradient_follows_the_reward():
     with torch.no_grad():
         change = sequence_logprob(result.tokens) - before
     assert (change * advantage).sum() > 0  # better-than-average beams gained probability mass
+
+
+def test_bf16_precision_trains_on_the_cpu_close_to_fp32(caption_set, tmp_path):
+    """``precision: bf16`` really autocasts on the CPU (losses differ from fp32 in the low digits) and trains
+    as well: per-epoch losses within 2 % of the fp32 run, falling; an unknown precision is refused."""
+    from captioner.training import Trainer, TrainingError
+    from tests.training_helpers import HPARAMS, losses
+
+    def run(precision: str):
+        hparams = dict(HPARAMS, epochs=3, precision=precision, model=dict(HPARAMS["model"], dropout=0.0))
+        out = tmp_path / precision
+        Trainer("sat_soft", str(caption_set / "grid.h5"), str(caption_set / "text/captions.json"),
+                str(caption_set / "text/vocab.json"), hparams, str(out), device="cpu").run()
+        return losses(out)
+
+    full, half = run("fp32"), run("bf16")
+    assert full != half
+    assert np.allclose(half, full, rtol=0.02)
+    assert half[-1] < half[0]
+    with pytest.raises(TrainingError, match="precision must be one of"):
+        Trainer("sat_soft", str(caption_set / "grid.h5"), str(caption_set / "text/captions.json"),
+                str(caption_set / "text/vocab.json"), dict(HPARAMS, precision="fp16"), str(tmp_path / "x"),
+                device="cpu")

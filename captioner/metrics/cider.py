@@ -104,8 +104,8 @@ class CiderD:
         df = np.where(known, self._df_counts[np.minimum(slot, max(len(self._df_counts) - 1, 0))]
                       if len(self._df_counts) else 0.0, 0.0)
         weight = tf * (self.ref_len - np.log(np.maximum(1.0, df)))
-        norms = np.zeros((count, self.n))
-        np.add.at(norms, (owner, orders), weight ** 2)
+        norms = np.bincount(owner * self.n + orders, weights=weight ** 2, minlength=count * self.n)
+        norms = norms.reshape(count, self.n)
         bigram = orders == 1  # pycocoevalcap measures length in bigrams
         lengths = np.bincount(owner[bigram], weights=tf[bigram], minlength=count)
         return {"owner": owner, "slot": slot, "order": orders, "weight": weight, "norm": np.sqrt(norms),

@@ -1,4 +1,5 @@
-"""Command line: ``python -m features extract ...`` and ``python -m features verify STORE``."""
+"""Command line: ``python -m features extract ...``, ``pretrain ...``, ``merge ...``, ``import-m2 ...`` and
+``verify STORE``."""
 
 from __future__ import annotations
 
@@ -37,6 +38,19 @@ def _import_m2(args) -> None:
 
     stats = import_reference(args.source, args.out, args.karpathy_json, args.max_boxes, args.dtype)
     print(f"imported {stats['images']} images -> {args.out}", file=sys.stderr)
+
+
+def _pretrain(args) -> None:
+    from features.pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig(backbone=args.backbone, image_size=args.image_size, epochs=args.epochs,
+                            batch_size=args.batch_size, lr=args.lr, seed=args.seed, precision=args.precision,
+                            device=args.device, threads=args.threads, num_workers=args.num_workers)
+    report = pretrain(args.karpathy_json, args.image_root, args.boxes, args.out, config,
+                      log=lambda line: print(line, file=sys.stderr, flush=True))
+    last = report["history"][-1]
+    print(f"backbone -> {args.out}: {report['train_images']} training images, {len(report['labels'])} labels, "
+          f"final loss {last['loss']:.3f}", file=sys.stderr)
 
 
 def _verify(args) -> int:
@@ -113,6 +127,23 @@ def main(argv: list[str] | None = None) -> int:
     ext.add_argument("--shard", type=int, default=0, help="which contiguous slice of the images to extract")
     ext.add_argument("--num-shards", type=int, default=1)
 
+    pre = sub.add_parser("pretrain", help="train a ResNet trunk on the training split's labelled boxes "
+                                          "(offline stand-in for ImageNet weights)")
+    pre.add_argument("--karpathy-json", required=True)
+    pre.add_argument("--image-root", required=True)
+    pre.add_argument("--boxes", required=True, help="JSON {image_id: {boxes: [[x1,y1,x2,y2],...], labels: [...]}}")
+    pre.add_argument("--out", required=True, help="the trunk's state_dict (.pt); a JSON report goes beside it")
+    pre.add_argument("--backbone", default="resnet18")
+    pre.add_argument("--image-size", type=int, default=256)
+    pre.add_argument("--epochs", type=int, default=4)
+    pre.add_argument("--batch-size", type=int, default=32)
+    pre.add_argument("--lr", type=float, default=1e-3)
+    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    pre.add_argument("--device", default="auto")
+    pre.add_argument("--threads", type=int, default=1)
+    pre.add_argument("--num-workers", type=int, default=0)
+
     mer = sub.add_parser("merge", help="merge shard stores into one store")
     mer.add_argument("--out", required=True)
     mer.add_argument("shards", nargs="+")
@@ -131,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from captioner.cli_errors import run_cleanly
 
-    command = {"extract": _extract, "merge": _merge, "import-m2": _import_m2, "verify": _verify}[args.command]
+    command = {"extract": _extract, "pretrain": _pretrain, "merge": _merge, "import-m2": _import_m2,
+               "verify": _verify}[args.command]
     return run_cleanly(command, args)
 
 

@@ -89,6 +89,26 @@ def parent_dir(name):
     return lambda wildcards, output: str(Path(output[name]).parent)
 
 
+PRETRAINED_TRUNK = f"{RUN}/features/backbone.pt"
+PRETRAIN = {"backbone": "resnet18", "image_size": 256, "epochs": 4, "batch_size": 32, "lr": 0.001, "seed": 0,
+            "precision": "auto", **config["features"].get("pretrain", {})}
+
+
+def weights_path(kind):
+    """`weights: pretrain` means the trunk trained by rule pretrain_backbone; anything else is passed on."""
+    weights = config["features"][kind]["weights"]
+    if weights != "pretrain":
+        return weights
+    if config["features"][kind]["backbone"] != PRETRAIN["backbone"]:
+        raise ValueError(f"features.{kind}.weights is 'pretrain' but features.{kind}.backbone "
+                         f"({config['features'][kind]['backbone']}) differs from features.pretrain.backbone "
+                         f"({PRETRAIN['backbone']})")
+    if not BOXES_JSON:
+        raise ValueError("features.*.weights 'pretrain' needs labelled boxes: the demo dataset, or "
+                         "features.regions.boxes_json with a 'labels' list per image")
+    return PRETRAINED_TRUNK
+
+
 def extract_inputs(wildcards):
     # demo images are a rule output; a COCO image root is a fixed external folder (not tracked file by file)
     inputs = {"json": KARPATHY_JSON}
@@ -96,6 +116,8 @@ def extract_inputs(wildcards):
         inputs["images"] = f"{RUN}/dataset/images"
     if wildcards.kind == "regions" and config["features"]["regions"]["boxes"] == "given":
         inputs["boxes"] = BOXES_JSON
+    if config["features"][wildcards.kind]["weights"] == "pretrain":
+        inputs["weights"] = weights_path(wildcards.kind)
     return inputs
 
 
@@ -104,7 +126,7 @@ def extract_args(kind):
     f = config["features"]
     k = f[kind]
     args = (
-        f"--image-root {IMAGE_ROOT} --backbone {k['backbone']} --weights {shlex.quote(k['weights'])}"
+        f"--image-root {IMAGE_ROOT} --backbone {k['backbone']} --weights {shlex.quote(weights_path(kind))}"
         f" --batch-size {f['batch_size']} --num-workers {f['num_workers']} --device {f['device']}"
         f" --dtype {f['dtype']} --on-error {f['on_error']}"
     )

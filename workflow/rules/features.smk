@@ -10,6 +10,32 @@ wildcard_constraints:
     shard=r"\d+",
 
 
+
+rule pretrain_backbone:
+    # only when features.grid/regions.weights is "pretrain": the offline stand-in for ImageNet weights
+    input:
+        json=KARPATHY_JSON,
+        boxes=BOXES_JSON or [],
+        images=f"{RUN}/dataset/images" if DEMO else [],
+    output:
+        trunk=PRETRAINED_TRUNK,
+        report=PRETRAINED_TRUNK.removesuffix(".pt") + ".json",
+    params:
+        args=" ".join(f"--{key.replace('_', '-')} {value}" for key, value in sorted(PRETRAIN.items()))
+        + f" --image-root {IMAGE_ROOT} --device {config['features']['device']}",
+        code=code("features.pretrain"),
+    threads: config["features"]["threads"]
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/pretrain_backbone.log",
+    conda:
+        "../../envs/features.yaml"
+    shell:
+        "python -m features pretrain --karpathy-json {input.json} --boxes {input.boxes} --out {output.trunk}"
+        " {params.args} --threads {threads} 2> {log}"
+
+
 if SHARDS == 1:
 
     rule extract_features:

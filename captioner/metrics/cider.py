@@ -15,6 +15,7 @@ dot products of all (hypothesis, reference) pairs come from one sorted join.
 from __future__ import annotations
 
 import math
+from itertools import chain, repeat
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -61,21 +62,24 @@ class CiderD:
     def _ids(self, sentences: Sequence) -> tuple[np.ndarray, np.ndarray]:
         """Word ids of several sentences, concatenated, and each sentence's length."""
         split = [_split(s) for s in sentences]
-        lengths = np.fromiter((len(words) for words in split), dtype=np.int64, count=len(split))
-        lookup = self._word_id.get
-        ids = [lookup(w) or self._new_id(w) for words in split for w in words]
-        return np.asarray(ids, dtype=np.int64), lengths
+        lengths = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
+        words = list(chain.from_iterable(split))
+        # C-speed lookups; a word seen for the first time reads 0 and gets its id below
+        ids = np.fromiter(map(self._word_id.get, words, repeat(0, len(words))), dtype=np.int64, count=len(words))
+        for index in np.flatnonzero(ids == 0):
+            ids[index] = self._word_id.get(words[index]) or self._new_id(words[index])
+        return ids, lengths
 
     def _codes(self, ids: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every n-gram of several sentences (word ids concatenated): codes, owning sentence, order (0-based)."""
         owner = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
-        position = np.arange(len(ids)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        codes, owners, orders = [], [], []
-        for k in range(1, self.n + 1):
-            start = np.flatnonzero(position + k <= lengths[owner])  # n-grams that stay inside their sentence
-            code = np.zeros(len(start), dtype=np.int64)
-            for j in range(k):
-                code += ids[start + j] * (CODE_BASE ** j)
+        left = np.repeat(np.cumsum(lengths), lengths) - np.arange(len(ids))  # words from each one to its sentence end
+        start, code = np.arange(len(ids)), ids
+        codes, owners, orders = [ids], [owner], [np.zeros(len(ids), dtype=np.int64)]
+        for k in range(2, self.n + 1):  # a k-gram = the (k-1)-gram at the same start + one more word
+            keep = left[start] >= k  # stays inside its sentence
+            start, code = start[keep], code[keep]
+            code = code + ids[start + k - 1] * (CODE_BASE ** (k - 1))
             codes.append(code)
             owners.append(owner[start])
             orders.append(np.full(len(start), k - 1, dtype=np.int64))
@@ -130,13 +134,17 @@ class CiderD:
         missing = [k for k in keys if k not in self._cache]
         if missing and (len(self._cache) + len(missing) > self._cache_size
                         or len(self._extra_slot) > self._extra_limit):
-            self._cache.clear()  # slots of unseen n-grams are only meaningful together with the cached vectors
-            self._extra_slot.clear()
+            self.clear_cache()  # slots of unseen n-grams are only meaningful together with the cached vectors
             missing = keys
         sentences = list(hypotheses) + [sentence for key in missing for sentence in key]
         groups = self._split_vectors(self._vectors(sentences), [len(hypotheses)] + [len(key) for key in missing])
         self._cache.update(zip(missing, groups[1:]))
         return groups[0], [self._cache[key] for key in keys]
+
+    def clear_cache(self) -> None:
+        """Forget cached reference vectors (and the slots of n-grams unseen in the document frequencies)."""
+        self._cache.clear()
+        self._extra_slot.clear()
 
     # ------------------------------------------------------------------------------------------- scoring
     def score(self, hypotheses: Sequence, references: Sequence[Sequence]) -> np.ndarray:

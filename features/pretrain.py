@@ -104,36 +104,33 @@ class _BoxLabelDataset(Dataset):
         return tensor, torch.from_numpy(target)
 
 
-def _items(karpathy_json: Path, image_root: Path, boxes_json: Path, splits: tuple[str, ...], label_ids: dict | None):
-    data = json.loads(Path(karpathy_json).read_text())
-    given = json.loads(Path(boxes_json).read_text())
-    all_boxes = load_given_boxes(boxes_json)
-    chosen = [im for im in data["images"] if im.get("split") in splits]
-    missing = [im["cocoid"] for im in chosen if str(im["cocoid"]) not in given]
+def _items(images: list[dict], image_root: Path, given: dict, boxes: dict[int, list], boxes_json: Path,
+           label_ids: dict | None):
+    """(image path, boxes, label ids) of ``images``; label ids are numbered from these images when not given."""
+    missing = [im["cocoid"] for im in images if str(im["cocoid"]) not in given]
     if missing:
         raise PretrainError(f"{boxes_json}: no boxes for {len(missing)} image(s), e.g. {missing[:5]}")
     if label_ids is None:
-        names = sorted({label for im in chosen for label in given[str(im["cocoid"])].get("labels", [])})
+        names = sorted({label for im in images for label in given[str(im["cocoid"])].get("labels", [])})
         if not names:
             raise PretrainError(f"{boxes_json}: the boxes have no 'labels' to learn from")
         label_ids = {name: k + 1 for k, name in enumerate(names)}  # 0 = background
     items = []
-    for im in chosen:
+    for im in images:
         entry = given[str(im["cocoid"])]
         labels = entry.get("labels", [])
         if len(labels) != len(entry["boxes"]):
             raise PretrainError(f"{boxes_json}: image {im['cocoid']} has {len(entry['boxes'])} boxes but "
                                 f"{len(labels)} labels")
         ids = [label_ids.get(name, 0) for name in labels]  # a label never seen in training: background
-        items.append((Path(image_root) / im.get("filepath", "") / im["filename"],
-                      np.asarray(all_boxes[int(im["cocoid"])], dtype=np.float32).reshape(-1, 4), ids))
+        items.append((image_root / im.get("filepath", "") / im["filename"],
+                      np.asarray(boxes[int(im["cocoid"])], dtype=np.float32).reshape(-1, 4), ids))
     return items, label_ids
 
 
 class _CellClassifier(torch.nn.Module):
     def __init__(self, resnet: torch.nn.Module, classes: int):
         super().__init__()
-        self.resnet = resnet
         self.trunk = torch.nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool,
                                          resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4)
         self.head = torch.nn.Conv2d(resnet.fc.in_features, classes, kernel_size=1)
@@ -161,8 +158,13 @@ def pretrain(karpathy_json: str | Path, image_root: str | Path, boxes_json: str 
     """Train, write the trunk's state_dict to ``out`` (atomically) and a JSON report beside it."""
     torch.set_num_threads(config.threads)
     device = pick_device(config.device)
-    train_items, label_ids = _items(Path(karpathy_json), Path(image_root), Path(boxes_json), TRAIN_SPLITS, None)
-    val_items, _ = _items(Path(karpathy_json), Path(image_root), Path(boxes_json), ("val",), label_ids)
+    images = json.loads(Path(karpathy_json).read_text())["images"]
+    given = json.loads(Path(boxes_json).read_text())  # labels; the boxes themselves are checked by the loader
+    boxes = load_given_boxes(boxes_json)
+    train_items, label_ids = _items([im for im in images if im.get("split") in TRAIN_SPLITS], Path(image_root),
+                                    given, boxes, Path(boxes_json), None)
+    val_items, _ = _items([im for im in images if im.get("split") == "val"], Path(image_root), given, boxes,
+                          Path(boxes_json), label_ids)
     if not train_items:
         raise PretrainError(f"{karpathy_json}: no train/restval images")
     torch.manual_seed(config.seed)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from captioner.demo_data import generate
-from features.extract import build_resnet
+from features.extract import build_resnet, sha256_of
 from features.pretrain import cell_targets
 from features.store import FeatureStore
 from tests.workflow_helpers import copy_workflow, edit_config, planned_jobs, snakemake
@@ -95,8 +95,6 @@ def test_weights_pretrain_adds_one_job_before_extraction_and_reruns_when_its_set
     trunk = workdir / "results/tiny/features/backbone.pt"
     meta = FeatureStore(workdir / grid).meta
     assert json.dumps(meta).count(str(Path("results/tiny/features/backbone.pt"))) >= 1
-    from features.extract import sha256_of
-
     assert sha256_of(trunk) in json.dumps(meta)
     assert planned_jobs(workdir, grid) == Counter()
     edit_config(workdir, lambda c: c["features"]["pretrain"].__setitem__("epochs", 2))

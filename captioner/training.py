@@ -43,14 +43,24 @@ class TrainingError(RuntimeError):
 COMMON_DEFAULTS = {
     "epochs": 10, "batch_size": 64, "lr": 2e-4, "grad_clip": 5.0, "patience": 5, "seed": 0,
     "feature_norm_images": 5000, "val_max_length": 20, "collapse_repeats": False, "preload_features": True,
-    "precision": "auto",
+    "precision": "auto", "xe_batches": "shuffled_pairs",
 }
 PRECISIONS = ("auto", "fp32", "bf16")
+XE_BATCHES = ("shuffled_pairs", "by_image")
 FAMILY_DEFAULTS = {
     "sat": {"lr": 2e-4, "batch_size": 64},
     "m2": {"lr": 1.0, "batch_size": 50, "warmup": 10000, "grad_clip": 0.0, "collapse_repeats": True,
+           "xe_batches": "by_image",
            "scst_lr": 5e-6, "scst_beam_size": 5, "scst_max_length": 20, "scst_batch_images": 10},
 }
+
+
+def file_stamp(path: str) -> list:
+    """Size and modification time of a file, or of a directory store and its entries: cheap, and new whenever
+    an upstream rule rewrites the file (outputs are written to a temporary path and renamed)."""
+    path = Path(path)
+    entries = [path] + (sorted(path.iterdir()) if path.is_dir() else [])
+    return [[entry.name, entry.stat().st_size if entry.is_file() else 0, entry.stat().st_mtime_ns] for entry in entries]
 
 
 def merged_hparams(name: ModelName, hparams: dict) -> dict:
@@ -108,6 +118,8 @@ class Trainer:
         self.hp = merged_hparams(self.name, hparams)
         if self.hp["precision"] not in PRECISIONS:
             raise TrainingError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.hp['precision']!r}")
+        if self.hp["xe_batches"] not in XE_BATCHES:
+            raise TrainingError(f"xe_batches must be one of {', '.join(XE_BATCHES)}, not {self.hp['xe_batches']!r}")
         self.out_dir = Path(out_dir)
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if device == "auto" else device))
@@ -116,6 +128,11 @@ class Trainer:
             self._check_global_batch()
             self.device = distributed.init_process_group(self.ranks, self.device)
         set_seed(int(self.hp["seed"]))  # the same seed everywhere: every rank builds the same initial model
+        # which files this run learns from: a last.pt written from other ones (features re-extracted, captions
+        # rebuilt, a new XE checkpoint) must not be resumed
+        self.input_stamps = {role: file_stamp(path) for role, path in
+                             (("features", features), ("captions", captions), ("vocab", vocab), ("init", init))
+                             if path}
         self.vocab = Vocabulary.load(vocab)
         data = load_captions(captions)
         self.train_images = data["splits"]["train"]
@@ -215,6 +232,12 @@ class Trainer:
         if checkpoint.get("hparams") != self.hp or checkpoint.get("name") != self.name.name:
             self._log(f"warning: {last} was written with other settings; starting afresh")
             return
+        if checkpoint.get("input_stamps") != self.input_stamps:
+            changed = sorted(role for role in {**self.input_stamps, **checkpoint.get("input_stamps", {})}
+                             if self.input_stamps.get(role) != checkpoint.get("input_stamps", {}).get(role))
+            self._log(f"warning: {last} was trained on other input files ({', '.join(changed)} changed since); "
+                      "starting afresh")
+            return
         self.model.load_state_dict(checkpoint["state_dict"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.step, self.epoch = checkpoint["step"], checkpoint["epoch"]
@@ -237,7 +260,8 @@ class Trainer:
             "vocab": self.vocab.itos, "feature_norm": {"mean": self.norm.mean, "std": self.norm.std},
             "features": {"kind": self.store.kind, "extractor": self.store.meta.get("extractor"),
                          "weights": self.store.meta.get("weights_record")},
-            "hparams": self.hp, "epoch": self.epoch, "step": self.step, "best": self.best,
+            "hparams": self.hp, "input_stamps": self.input_stamps, "epoch": self.epoch, "step": self.step,
+            "best": self.best,
             "history": self.history,
         }
         if with_optimizer:
@@ -252,10 +276,23 @@ class Trainer:
 
     # --------------------------------------------------------------------------------- epochs
     def _xe_batches(self, generator: torch.Generator):
-        """(image, caption) pairs in a seeded random order; the last partial batch is dropped."""
+        """Batches of (image, caption) pairs in a seeded random order; the last partial batch is dropped.
+
+        ``shuffled_pairs``: ``batch_size`` pairs drawn from all of them. ``by_image``: images in random order, each
+        with all its captions, batch_size / (mean captions per image) images per batch; every pair is still seen
+        once an epoch, and each image is encoded once for all its captions."""
+        bs = int(self.hp["batch_size"])
+        if self.hp["xe_batches"] == "by_image":
+            order = torch.randperm(len(self.train_images), generator=generator).tolist()
+            mean_captions = sum(len(image["captions"]) for image in self.train_images) / len(self.train_images)
+            per_batch = min(max(1, round(bs / mean_captions)), len(order))
+            for start in range(0, len(order) - per_batch + 1, per_batch):
+                images = order[start:start + per_batch]
+                yield [(i, j) for i in images for j in range(len(self.train_images[i]["captions"]))]
+            return
         pairs = [(i, j) for i, image in enumerate(self.train_images) for j in range(len(image["captions"]))]
         order = torch.randperm(len(pairs), generator=generator).tolist()
-        bs = min(int(self.hp["batch_size"]), len(order))
+        bs = min(bs, len(order))
         for start in range(0, len(order) - bs + 1, bs):
             yield [pairs[k] for k in order[start:start + bs]]
 
@@ -325,7 +362,11 @@ class Trainer:
                 if not local:
                     raise TrainingError(f"{len(batch)} training captions cannot be shared by "
                                         f"{self.ranks.world_size} processes")
-                inputs = self._inputs([self.train_images[i]["image_id"] for i, _ in local])
+                # each distinct image is read and encoded once; image_index sends its encoding to its captions
+                images = list(dict.fromkeys(i for i, _ in local))
+                row = {image: r for r, image in enumerate(images)}
+                inputs = self._inputs([self.train_images[i]["image_id"] for i in images])
+                inputs["image_index"] = torch.tensor([row[i] for i, _ in local], device=self.device)
                 captions = self._pad([self.train_images[i]["captions"][j] for i, j in local])
                 t1 = time.perf_counter()
                 with self._autocast():

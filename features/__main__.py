@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--out", required=True, help="the trunk's state_dict (.pt); a JSON report goes beside it")
     pre.add_argument("--backbone", default="resnet18")
     pre.add_argument("--image-size", type=int, default=256)
-    pre.add_argument("--epochs", type=int, default=4)
+    pre.add_argument("--epochs", type=int, default=8)
     pre.add_argument("--batch-size", type=int, default=32)
     pre.add_argument("--lr", type=float, default=1e-3)
     pre.add_argument("--seed", type=int, default=0)

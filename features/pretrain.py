@@ -50,7 +50,7 @@ def native_bf16(device: torch.device) -> bool:
 class PretrainConfig:
     backbone: str = "resnet18"
     image_size: int = 256
-    epochs: int = 4
+    epochs: int = 8
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-4

@@ -139,3 +139,35 @@ def test_m2_loss_ignores_pad():
     model = m2_model()
     loss = model.loss(torch.randn(2, 3, 6), torch.tensor([3, 2]), captions())
     assert loss["tokens"].item() == 6 and torch.isfinite(loss["loss"])
+
+
+@pytest.mark.parametrize("family", ["sat", "m2"])
+def test_captions_sharing_an_image_equal_repeated_features(family):
+    """``image_index`` (each image encoded once, its encoding sent to each of its captions) gives the loss and the
+    gradients of feeding every caption its own copy of the features."""
+    model = sat_model() if family == "sat" else m2_model()
+    model.eval()  # no dropout: both ways must then agree to rounding
+    feats = torch.randn(3, 5, 6)
+    num_boxes = torch.tensor([5, 2, 4])
+    caps = torch.tensor([[1, 3, 4, 5, 2, 0], [1, 6, 2, 0, 0, 0], [1, 4, 4, 2, 0, 0], [1, 5, 3, 6, 3, 2],
+                         [1, 3, 2, 0, 0, 0]])
+    image_index = torch.tensor([2, 0, 0, 1, 2])
+
+    def loss_and_grads(rows, image_index=None):
+        model.zero_grad()
+        inputs = {"features": feats[rows], "captions": caps, "image_index": image_index}
+        if family == "m2":
+            inputs["num_boxes"] = num_boxes[rows]
+        loss = model.loss(**inputs)["loss"]
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    every_image = torch.arange(3)
+    shared, shared_grads = loss_and_grads(every_image, image_index)
+    repeated, repeated_grads = loss_and_grads(image_index)  # one copy of the features per caption
+    assert torch.allclose(shared, repeated, atol=1e-6)
+    assert len(shared_grads) == len(repeated_grads)
+    for a, b in zip(shared_grads, repeated_grads):
+        assert torch.allclose(a, b, atol=1e-5)
+    swapped, _ = loss_and_grads(every_image, image_index.flip(0))
+    assert not torch.allclose(swapped, shared)  # the index really routes images to captions

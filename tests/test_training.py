@@ -107,3 +107,67 @@ def test_bf16_precision_trains_on_the_cpu_close_to_fp32(caption_set, tmp_path):
         Trainer("sat_soft", str(caption_set / "grid.h5"), str(caption_set / "text/captions.json"),
                 str(caption_set / "text/vocab.json"), dict(HPARAMS, precision="fp16"), str(tmp_path / "x"),
                 device="cpu")
+
+
+def test_by_image_batches_hold_whole_images_and_every_pair_once(caption_set, tmp_path):
+    """``xe_batches: by_image``: each batch is whole images (all their captions), batch_size / captions-per-image
+    images of them, every (image, caption) pair once an epoch, a new order each epoch; training on them learns."""
+    from captioner.training import Trainer, TrainingError
+    from tests.training_helpers import HPARAMS, losses
+
+    def trainer(out, **overrides):
+        return Trainer("sat_soft", str(caption_set / "grid.h5"), str(caption_set / "text/captions.json"),
+                       str(caption_set / "text/vocab.json"), dict(HPARAMS, **overrides), str(tmp_path / out),
+                       device="cpu")
+
+    by_image = trainer("by_image", xe_batches="by_image", epochs=3)
+    captions_of = {i: len(image["captions"]) for i, image in enumerate(by_image.train_images)}
+    epochs = [list(by_image._xe_batches(torch.Generator().manual_seed(seed))) for seed in (0, 1)]
+    for batches in epochs:
+        pairs = [pair for batch in batches for pair in batch]
+        assert sorted(pairs) == sorted((i, j) for i, n in captions_of.items() for j in range(n))
+        for batch in batches:
+            images = {i for i, _ in batch}
+            assert len(images) == HPARAMS["batch_size"] // 2  # 2 captions per image in this set
+            assert sorted(batch) == sorted((i, j) for i in images for j in range(captions_of[i]))
+    assert epochs[0] != epochs[1]
+    by_image.run()
+    trace = losses(tmp_path / "by_image")
+    assert trace[-1] < trace[0]
+    with pytest.raises(TrainingError, match="xe_batches must be one of"):
+        trainer("bad", xe_batches="grouped")
+
+
+def test_last_checkpoint_of_other_input_files_is_not_resumed(caption_set, tmp_path, capsys):
+    """A rerun after an upstream rule rewrote the features (same settings) trains afresh instead of resuming the
+    stale ``last.pt``; with the same files it resumes."""
+    import shutil
+
+    from captioner.training import Trainer
+    from features.store import FeatureStore, StoreWriter
+    from tests.training_helpers import HPARAMS, losses
+
+    data = tmp_path / "data"
+    shutil.copytree(caption_set, data)
+    hparams = dict(HPARAMS, epochs=2)
+
+    def train():
+        Trainer("sat_soft", str(data / "grid.h5"), str(data / "text/captions.json"), str(data / "text/vocab.json"),
+                hparams, str(tmp_path / "model"), device="cpu").run()
+        return losses(tmp_path / "model")
+
+    first = train()
+    capsys.readouterr()
+    assert train() == first  # nothing left to do
+    assert "resuming sat_soft" in capsys.readouterr().err
+    store = FeatureStore(data / "grid.h5")
+    ids = [int(i) for i in store.image_ids]
+    features = store.gather(ids)["features"]
+    (data / "grid.h5").unlink()
+    with StoreWriter(data / "grid.h5", "grid", ids, features.shape[1], features.shape[2], dtype="float32") as writer:
+        writer.write(ids, features[:, :, ::-1].copy())  # re-extracted: other features, same ids and shape
+    retrained = train()
+    err = capsys.readouterr().err
+    assert "trained on other input files (features changed since); starting afresh" in err
+    assert "resuming" not in err
+    assert len(retrained) == 2 and retrained != first

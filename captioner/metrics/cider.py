@@ -27,6 +27,15 @@ def _split(caption) -> list:
     return caption.split() if isinstance(caption, str) else list(caption)
 
 
+def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each distinct key, in increasing key order: the index of one of its occurrences and its count
+    (``np.unique(return_index=True, return_counts=True)`` without the stable sort it needs for *first* indices)."""
+    order = np.argsort(keys)
+    ordered = keys[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    return order[starts], np.diff(np.append(starts, len(keys)))
+
+
 class CiderD:
     def __init__(self, reference_corpus: Iterable[Sequence], n: int = 4, sigma: float = 6.0,
                  cache_size: int = 200_000):
@@ -61,7 +70,10 @@ class CiderD:
 
     def _ids(self, sentences: Sequence) -> tuple[np.ndarray, np.ndarray]:
         """Word ids of several sentences, concatenated, and each sentence's length."""
-        split = [_split(s) for s in sentences]
+        if all(type(s) is str for s in sentences):  # the usual case, without a call per sentence
+            split = [s.split() for s in sentences]
+        else:
+            split = [_split(s) for s in sentences]
         lengths = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
         words = list(chain.from_iterable(split))
         # C-speed lookups; a word seen for the first time reads 0 and gets its id below
@@ -102,7 +114,7 @@ class CiderD:
             slot[~known] = np.fromiter((extra.setdefault(int(c), first_free + len(extra)) for c in unseen),
                                        dtype=np.int64, count=len(unseen))[inverse]
         width = self._slot_width
-        keys, first, tf = np.unique(owner * width + slot, return_index=True, return_counts=True)
+        first, tf = _runs(owner * width + slot)
         tf = tf.astype(np.float64)
         owner, codes, orders, slot, known = owner[first], codes[first], orders[first], slot[first], known[first]
         df = np.where(known, self._df_counts[np.minimum(slot, max(len(self._df_counts) - 1, 0))]
@@ -154,10 +166,10 @@ class CiderD:
         if not len(hypotheses):
             return np.zeros(0)
         # the k beams of an image share one reference set: join each hypothesis n-gram with its set's entries once
-        set_of: dict[tuple, int] = {}
-        hyp_set = np.fromiter((set_of.setdefault(tuple(refs), len(set_of)) for refs in references), dtype=np.int64,
-                              count=len(references))
-        keys = list(set_of)
+        reference_keys = list(map(tuple, references))
+        keys = list(dict.fromkeys(reference_keys))
+        set_of = dict(zip(keys, range(len(keys))))
+        hyp_set = np.fromiter(map(set_of.__getitem__, reference_keys), dtype=np.int64, count=len(references))
         if any(len(key) == 0 for key in keys):
             raise ValueError("every hypothesis needs at least one reference")
         hyp, ref_sets = self._hypotheses_and_references(hypotheses, keys)
@@ -172,7 +184,7 @@ class CiderD:
         # join on (set, n-gram slot): sort the reference keys once, binary-search the hypothesis keys
         width = self._slot_width
         ref_key = ref_set * width + np.concatenate([r["slot"] for r in ref_sets])
-        by_key = np.argsort(ref_key, kind="stable")
+        by_key = np.argsort(ref_key)  # ties (one n-gram in several references of a set) may come in any order
         sorted_keys = ref_key[by_key]
         hyp_key = hyp_set[hyp["owner"]] * width + hyp["slot"]
         lo = np.searchsorted(sorted_keys, hyp_key, side="left")

@@ -126,12 +126,17 @@ class ShowAttendTell(nn.Module):
         return logits, h, c, alpha, log_p_s
 
     # ------------------------------------------------------------------------------------ training
-    def forward(self, features: torch.Tensor, captions: torch.Tensor, sample: bool = False) -> dict:
+    def forward(self, features: torch.Tensor, captions: torch.Tensor, sample: bool = False,
+                image_index: torch.Tensor | None = None) -> dict:
         """Teacher forcing over ``captions`` (B, T) = <bos> ... <eos> <pad>...
 
+        ``image_index`` (B,): the row of ``features`` each caption describes, when several captions share an image
+        (each image is then encoded once); None: row i for caption i.
         Returns logits (B, T-1, V), attention (B, T-1, L) and, when ``sample``, log p(s_t) (B, T-1).
         """
         encoded = self.encode(features)
+        if image_index is not None:
+            encoded = {key: value.index_select(0, image_index) for key, value in encoded.items()}
         h, c = encoded["h"], encoded["c"]
         logits, alphas, log_p_s = [], [], []
         for t in range(captions.shape[1] - 1):
@@ -150,7 +155,7 @@ class ShowAttendTell(nn.Module):
         attention_mass = (alphas * mask.unsqueeze(-1)).sum(dim=1)  # (B, L)
         return ((1.0 - attention_mass) ** 2).sum(dim=1)
 
-    def loss(self, features: torch.Tensor, captions: torch.Tensor) -> dict:
+    def loss(self, features: torch.Tensor, captions: torch.Tensor, image_index: torch.Tensor | None = None) -> dict:
         """Training loss as in the paper: caption NLL summed over time + penalties, averaged over the batch."""
         c = self.config
         targets = captions[:, 1:]
@@ -158,7 +163,7 @@ class ShowAttendTell(nn.Module):
         # under torchrun rank 0's draw decides for every rank: a global batch is sampled or expected as a whole
         sample = (c.attention == "hard" and self.training
                   and distributed.broadcast_from_main(torch.rand(())) >= c.expected_context_p)
-        out = self.forward(features, captions, sample=bool(sample))
+        out = self.forward(features, captions, sample=bool(sample), image_index=image_index)
         token_logp = -F.cross_entropy(out["logits"].transpose(1, 2), targets, reduction="none") * mask
         sentence_logp = token_logp.sum(1)  # log p(y | s, a) per caption
         loss = -sentence_logp.mean()

@@ -90,7 +90,7 @@ def parent_dir(name):
 
 
 PRETRAINED_TRUNK = f"{RUN}/features/backbone.pt"
-PRETRAIN = {"backbone": "resnet18", "image_size": 256, "epochs": 4, "batch_size": 32, "lr": 0.001, "seed": 0,
+PRETRAIN = {"backbone": "resnet18", "image_size": 256, "epochs": 8, "batch_size": 32, "lr": 0.001, "seed": 0,
             "precision": "auto", **config["features"].get("pretrain", {})}
 
 

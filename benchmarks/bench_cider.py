@@ -60,9 +60,9 @@ def main() -> None:
     ours, ours_cached, reference = min(ours), min(ours_cached), min(reference)
     append_results("CIDEr-D per SCST batch", [
         f"{args.batch_images} images x {args.beams} beams per batch, 5 references each; our scorer holds document "
-        f"frequencies of {args.images} training images (built once in {setup:.2f} s); each image appears once, so "
-        f"reference vectors are computed in the batch (as in the first SCST epoch); best of {args.repeats} passes "
-        f"over {args.batches} batches", "",
+        f"frequencies of {args.images} training images and the word ids of their references (built once in "
+        f"{setup:.2f} s); each image appears once, so its reference vectors are computed in the batch (as in the "
+        f"first SCST epoch); best of {args.repeats} passes over {args.batches} batches", "",
         "| scorer | ms / batch | speed-up |", "|---|---:|---:|",
         f"| pycocoevalcap `Cider().compute_score` | {1000 * reference:.2f} | 1.0x |",
         f"| ours `CiderD.score`, first visit of each image | {1000 * ours:.2f} | {reference / ours:.1f}x |",

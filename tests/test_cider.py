@@ -52,3 +52,20 @@ def test_batching_grouping_and_caching_do_not_change_scores():
     np.testing.assert_allclose(one_by_one, batch, rtol=0, atol=1e-12)
     np.testing.assert_allclose(cached, batch, rtol=0, atol=1e-12)
     assert (batch[1::2] > 0).all()
+
+
+def test_corpus_reference_sets_score_as_sets_split_on_the_fly():
+    """A batch mixing reference sets of the scorer's own corpus (word ids reused from the document-frequency pass)
+    with other sets (split when scored) gives each hypothesis the score it gets alone, and a corpus set scores
+    the same as an equal set the scorer has to split (same tokens, other whitespace)."""
+    rng = random.Random(2)
+    train = [[random_caption(rng) for _ in range(rng.randint(3, 6))] for _ in range(40)]
+    others = [[random_caption(rng) + " okapi" for _ in range(4)] for _ in range(5)]
+    sets = [train[3], others[0], train[17], train[3], others[1], train[30], others[2]]
+    hyps = [random_caption(rng) if k % 3 else sets[k][0] for k in range(len(sets))]
+    mixed = CiderD(train).score(hyps, sets)
+    alone = np.array([CiderD(train).score([h], [r])[0] for h, r in zip(hyps, sets)])
+    np.testing.assert_allclose(mixed, alone, rtol=0, atol=1e-12)
+    respaced = [[" " + sentence + " " for sentence in refs] for refs in sets]  # not corpus keys: split here
+    np.testing.assert_allclose(CiderD(train).score(hyps, respaced), mixed, rtol=0, atol=1e-12)
+    assert len(set(np.round(mixed, 9))) > 3  # the sets really differ in score

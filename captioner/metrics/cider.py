@@ -47,8 +47,10 @@ class CiderD:
             raise ValueError("CIDEr-D needs at least one reference document")
         self.ref_len = math.log(float(len(documents)))
         # document frequency: in how many reference *sets* each n-gram occurs
-        codes, owner, _ = self._codes(*self._ids([sentence for refs in documents for sentence in refs]))
-        document = np.repeat(np.arange(len(documents)), [len(refs) for refs in documents])[owner]
+        ids, lengths = self._ids([sentence for refs in documents for sentence in refs])
+        codes, owner, _ = self._codes(ids, lengths)
+        sizes = [len(refs) for refs in documents]
+        document = np.repeat(np.arange(len(documents)), sizes)[owner]
         pairs = np.unique(np.stack([document, codes], axis=1), axis=0)  # (document, code) once each
         codes, counts = np.unique(pairs[:, 1], return_counts=True)
         self._df_codes, self._df_counts = codes, counts.astype(np.float64)
@@ -56,6 +58,16 @@ class CiderD:
         self._cache_size = cache_size
         self._extra_slot: dict[int, int] = {}
         self._extra_limit = 4 * cache_size
+        # the word ids of every corpus reference set, already computed above, serve its first scoring (SCST scores
+        # against the corpus it was built from): (ids, sentence lengths) as positions in two shared arrays
+        self._ids_array, self._lengths_array = ids, lengths
+        self._set_words: dict[tuple, tuple[int, int, int, int]] = {}
+        sentence_bounds = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        word_bounds = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+        for d, refs in enumerate(documents):
+            if all(isinstance(r, str) for r in refs):  # token lists are not hashable keys
+                first, last = sentence_bounds[d], sentence_bounds[d + 1]
+                self._set_words[tuple(refs)] = (word_bounds[first], word_bounds[last], first, last)
 
     @property
     def _slot_width(self) -> int:
@@ -97,29 +109,42 @@ class CiderD:
             orders.append(np.full(len(start), k - 1, dtype=np.int64))
         return np.concatenate(codes), np.concatenate(owners), np.concatenate(orders)
 
-    def _vectors(self, sentences: Sequence) -> dict:
-        """tf-idf entries of several sentences: flat arrays (sentence, code, order, weight) + norms and lengths."""
-        count = len(sentences)
-        codes, owner, orders = self._codes(*self._ids(sentences))
+    def _vectors(self, ids: np.ndarray, lengths: np.ndarray) -> dict:
+        """tf-idf entries of several sentences (word ids concatenated, sentence lengths): flat arrays (sentence,
+        slot, order, weight) + norms and lengths."""
+        count = len(lengths)
+        codes, owner, orders = self._codes(ids, lengths)
         # compact each code to a small integer (its slot in the df table, or a new slot for unseen n-grams) so that
-        # (sentence, n-gram) fits one int64 key and term frequencies come from a single np.unique
-        known = np.zeros(len(codes), dtype=bool)
-        slot = np.zeros(len(codes), dtype=np.int64)
+        # (sentence, n-gram) fits one int64 key and term frequencies come from a single sort. The df table is
+        # searched with the distinct codes in increasing order (a batch repeats most n-grams; sorted needles let
+        # the binary search start where the previous one ended).
+        order = np.argsort(codes)
+        ordered = codes[order]
+        new_run = np.ones(len(codes), dtype=bool)
+        new_run[1:] = ordered[1:] != ordered[:-1]
+        distinct = ordered[new_run]
+        inverse = np.empty(len(codes), dtype=np.int64)
+        inverse[order] = np.cumsum(new_run) - 1
+        distinct_known = np.zeros(len(distinct), dtype=bool)
+        distinct_slot = np.zeros(len(distinct), dtype=np.int64)
         if len(self._df_codes):
-            slot = np.minimum(np.searchsorted(self._df_codes, codes), len(self._df_codes) - 1)
-            known = self._df_codes[slot] == codes
-        if not known.all():  # n-grams absent from the df table get stable slots after it (cached vectors use them)
-            unseen, inverse = np.unique(codes[~known], return_inverse=True)
+            distinct_slot = np.minimum(np.searchsorted(self._df_codes, distinct), len(self._df_codes) - 1)
+            distinct_known = self._df_codes[distinct_slot] == distinct
+        if not distinct_known.all():  # n-grams the df table lacks get stable slots after it (cached vectors use them)
             extra, first_free = self._extra_slot, len(self._df_codes)
-            slot[~known] = np.fromiter((extra.setdefault(int(c), first_free + len(extra)) for c in unseen),
-                                       dtype=np.int64, count=len(unseen))[inverse]
-        width = self._slot_width
-        first, tf = _runs(owner * width + slot)
+            unseen = distinct[~distinct_known]
+            distinct_slot[~distinct_known] = np.fromiter(
+                (extra.setdefault(c, first_free + len(extra)) for c in unseen.tolist()), dtype=np.int64,
+                count=len(unseen))
+        df = np.zeros(len(distinct))
+        if len(self._df_counts):
+            df[distinct_known] = self._df_counts[distinct_slot[distinct_known]]
+        idf = self.ref_len - np.log(np.maximum(1.0, df))  # per distinct n-gram
+        first, tf = _runs(owner * self._slot_width + distinct_slot[inverse])
+        entry = inverse[first]  # each (sentence, n-gram) entry's distinct n-gram
+        owner, orders, slot = owner[first], orders[first], distinct_slot[entry]
         tf = tf.astype(np.float64)
-        owner, codes, orders, slot, known = owner[first], codes[first], orders[first], slot[first], known[first]
-        df = np.where(known, self._df_counts[np.minimum(slot, max(len(self._df_counts) - 1, 0))]
-                      if len(self._df_counts) else 0.0, 0.0)
-        weight = tf * (self.ref_len - np.log(np.maximum(1.0, df)))
+        weight = tf * idf[entry]
         norms = np.bincount(owner * self.n + orders, weights=weight ** 2, minlength=count * self.n)
         norms = norms.reshape(count, self.n)
         bigram = orders == 1  # pycocoevalcap measures length in bigrams
@@ -128,16 +153,19 @@ class CiderD:
                 "length": lengths}
 
     def _split_vectors(self, vectors: dict, sizes: list[int]) -> list[dict]:
-        """Cut the vectors of concatenated sentence groups back into one dict per group."""
+        """Cut the vectors of concatenated sentence groups back into one dict per group (views, owners renumbered
+        from 0 within each group)."""
         bounds = np.concatenate([[0], np.cumsum(sizes)])
-        cuts = np.searchsorted(vectors["owner"], bounds)
+        owner = vectors["owner"]
+        cuts = np.searchsorted(owner, bounds)
+        relative = owner - np.repeat(bounds[:-1], np.diff(cuts))
+        bounds, cuts = bounds.tolist(), cuts.tolist()  # plain ints slice faster than NumPy scalars
+        slot, order, weight, norm, length = (vectors[k] for k in ("slot", "order", "weight", "norm", "length"))
         groups = []
         for g in range(len(sizes)):
-            lo, hi = cuts[g], cuts[g + 1]
-            groups.append({"owner": vectors["owner"][lo:hi] - bounds[g], "slot": vectors["slot"][lo:hi],
-                           "order": vectors["order"][lo:hi], "weight": vectors["weight"][lo:hi],
-                           "norm": vectors["norm"][bounds[g]:bounds[g + 1]],
-                           "length": vectors["length"][bounds[g]:bounds[g + 1]]})
+            lo, hi, first, last = cuts[g], cuts[g + 1], bounds[g], bounds[g + 1]
+            groups.append({"owner": relative[lo:hi], "slot": slot[lo:hi], "order": order[lo:hi],
+                           "weight": weight[lo:hi], "norm": norm[first:last], "length": length[first:last]})
         return groups
 
     def _hypotheses_and_references(self, hypotheses: Sequence, keys: list[tuple]):
@@ -148,9 +176,19 @@ class CiderD:
                         or len(self._extra_slot) > self._extra_limit):
             self.clear_cache()  # slots of unseen n-grams are only meaningful together with the cached vectors
             missing = keys
-        sentences = list(hypotheses) + [sentence for key in missing for sentence in key]
-        groups = self._split_vectors(self._vectors(sentences), [len(hypotheses)] + [len(key) for key in missing])
-        self._cache.update(zip(missing, groups[1:]))
+        # sets of the corpus reuse the word ids of the df pass; any other set is split here with the hypotheses
+        new_sets = [key for key in missing if key not in self._set_words]
+        corpus_sets = [key for key in missing if key in self._set_words]
+        new_ids, new_lengths = self._ids(list(hypotheses) + [sentence for key in new_sets for sentence in key])
+        ids, lengths = [new_ids], [new_lengths]
+        for key in corpus_sets:
+            word_lo, word_hi, sentence_lo, sentence_hi = self._set_words[key]
+            ids.append(self._ids_array[word_lo:word_hi])
+            lengths.append(self._lengths_array[sentence_lo:sentence_hi])
+        group_keys = new_sets + corpus_sets  # the order of the sentences: hypotheses, new sets, corpus sets
+        vectors = self._vectors(np.concatenate(ids), np.concatenate(lengths))
+        groups = self._split_vectors(vectors, [len(hypotheses)] + [len(key) for key in group_keys])
+        self._cache.update(zip(group_keys, groups[1:]))
         return groups[0], [self._cache[key] for key in keys]
 
     def clear_cache(self) -> None:
@@ -187,9 +225,11 @@ class CiderD:
         by_key = np.argsort(ref_key)  # ties (one n-gram in several references of a set) may come in any order
         sorted_keys = ref_key[by_key]
         hyp_key = hyp_set[hyp["owner"]] * width + hyp["slot"]
+        hyp_order = np.argsort(hyp_key)  # sorted needles search faster; the join does not care about their order
+        hyp_key = hyp_key[hyp_order]
         lo = np.searchsorted(sorted_keys, hyp_key, side="left")
         matches = np.searchsorted(sorted_keys, hyp_key, side="right") - lo
-        hyp_entry = np.repeat(np.arange(len(hyp_key)), matches)
+        hyp_entry = np.repeat(hyp_order, matches)
         ref_entry = by_key[np.repeat(lo - np.cumsum(matches) + matches, matches) + np.arange(matches.sum())]
         # pairs (hypothesis, one of its references), numbered hypothesis by hypothesis
         refs_per_hyp = set_sizes[hyp_set]

@@ -17,7 +17,7 @@ demo: setup check-java
 	snakemake --cores $(CORES) --resources gpu=1
 	snakemake --report results/demo/report.html
 
-test: setup check-java
+test: setup check-java lint
 	python -m pytest $(PYTEST_ARGS)
 
 setup: $(STAMP)
@@ -34,8 +34,10 @@ check-java:
 	  echo "       Debian/Ubuntu: sudo apt-get install default-jre-headless   macOS: brew install openjdk"; \
 	  exit 1; }
 
+# the Snakemake catalog's checks: formatting of the Snakefile and rule files, and the linter
 lint: setup
-	snakemake --lint
+	snakefmt --check Snakefile workflow
+	snakemake --lint --configfile config/config.yaml
 
 clean-demo:
 	rm -rf results/demo

@@ -11,9 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import append_results  # noqa: E402
-from captioner.demo_data import _captions, _place_shapes  # noqa: E402
-from captioner.karpathy import tokenize  # noqa: E402
-from captioner.metrics.cider import CiderD  # noqa: E402
+from captioner.data.demo import _captions, _place_shapes  # noqa: E402
+from captioner.data.karpathy import tokenize  # noqa: E402
+from captioner.training.cider import CiderD  # noqa: E402
 
 
 def main() -> None:

@@ -8,12 +8,15 @@ import tempfile
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import append_results  # noqa: E402
-from captioner import karpathy  # noqa: E402
-from captioner.demo_data import generate  # noqa: E402
-from features.extract import ExtractorConfig, RunOptions, _collate, _ImageDataset, extract, load_given_boxes  # noqa: E402
+from captioner.data import karpathy  # noqa: E402
+from captioner.data.demo import generate  # noqa: E402
+from captioner.data.manifest import write_from_karpathy  # noqa: E402
+from features.backbones import pick_device  # noqa: E402
+from features.boxes import load_given_boxes  # noqa: E402
+from features.config import ExtractorConfig  # noqa: E402
+from features.extract import ImageDataset, RunOptions, build_extractor, extract  # noqa: E402
 
 CASES = {
     "grid-r101-448": dict(kind="grid", backbone="resnet101", image_size=448, grid_size=14),
@@ -40,18 +43,20 @@ def main() -> None:
         generate(tmp / "demo", seed=0, num_train=num_train, num_val=1, num_test=1)
         items = [(i.image_id, tmp / "demo" / i.path) for i in karpathy.load(tmp / "demo/dataset_coco.json").images]
         boxes = load_given_boxes(tmp / "demo/boxes.json")
+        write_from_karpathy(tmp / "demo/dataset_coco.json", tmp / "demo/images.json")
         for case in args.cases:
             config = ExtractorConfig(**CASES[case])
             options = RunOptions(batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
                                  dtype=args.dtype)
             # decode share: the same loading/resizing work done alone, in this process
-            dataset = _ImageDataset(items, config, boxes)
+            dataset = ImageDataset(items, build_extractor(config, pick_device(args.device), boxes))
             start = time.perf_counter()
             for start_index in range(0, len(items), args.batch_size):
-                _collate([dataset[i] for i in range(start_index, min(start_index + args.batch_size, len(items)))])
+                dataset.collate([dataset[i] for i in range(start_index, min(start_index + args.batch_size,
+                                                                             len(items)))])
             decode_s = time.perf_counter() - start
             start = time.perf_counter()
-            extract(tmp / "demo/dataset_coco.json", tmp / "demo", tmp / f"{case}.h5", config, options,
+            extract(tmp / "demo/images.json", tmp / "demo", tmp / f"{case}.h5", config, options,
                     boxes_json=tmp / "demo/boxes.json")
             total_s = time.perf_counter() - start
             rows.append(f"| {case} | {len(items)} | {len(items) / total_s:.2f} | {100 * decode_s / total_s:.0f}% |")

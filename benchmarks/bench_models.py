@@ -12,7 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import append_results  # noqa: E402
-from captioner.decoding import beam_search  # noqa: E402
+from captioner.models.beam_search import beam_search  # noqa: E402
 from captioner.models.m2 import M2Config, MeshedMemoryTransformer  # noqa: E402
 from captioner.models.sat import SATConfig, ShowAttendTell  # noqa: E402
 
@@ -36,7 +36,7 @@ def time_training(model, make_inputs, batch: int, steps: int, device, bf16: bool
                 torch.cuda.synchronize()
             start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model.loss(**inputs)["loss"]
+            loss = model.loss(**inputs).loss
         optimizer.zero_grad(set_to_none=True)
         loss.float().backward()
         optimizer.step()

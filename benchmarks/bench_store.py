@@ -17,7 +17,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import append_results  # noqa: E402
-from features.store import FeatureStore, StoreWriter  # noqa: E402
+from features.store.reader import FeatureStore
+from features.store.writer import StoreWriter  # noqa: E402
 
 
 def reference_batch(path: Path, ids) -> np.ndarray:

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import append_results  # noqa: E402
-from captioner.decoding import beam_search  # noqa: E402
-from captioner.import_m2 import REFERENCE_SPECIALS, convert_state_dict  # noqa: E402
+from captioner.apps.import_m2 import REFERENCE_SPECIALS, convert_state_dict  # noqa: E402
+from captioner.models.beam_search import beam_search  # noqa: E402
 from captioner.models.m2 import MeshedMemoryTransformer  # noqa: E402
 
 PATCHES = {  # file -> (pattern, replacement): what current PyTorch needs, nothing else
@@ -159,7 +159,7 @@ def main() -> None:
             ref_optimizer.step()
 
         def our_step():
-            loss = ours.loss(features, num_boxes, captions_ours)["loss"]
+            loss = ours.loss(features, num_boxes, captions_ours).loss
             our_optimizer.zero_grad()
             loss.backward()
             our_optimizer.step()
@@ -170,7 +170,7 @@ def main() -> None:
         image_rows = torch.arange(0, args.batch, per_image, device=device)
 
         def our_step_by_image():
-            loss = ours.loss(features[image_rows], num_boxes[image_rows], captions_ours, image_index)["loss"]
+            loss = ours.loss(features[image_rows], num_boxes[image_rows], captions_ours, image_index).loss
             our_optimizer.zero_grad()
             loss.backward()
             our_optimizer.step()

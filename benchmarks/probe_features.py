@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import append_results  # noqa: E402
-from features.store import FeatureStore  # noqa: E402
+from features.store.reader import FeatureStore  # noqa: E402
 
 
 def probe_samples(store: FeatureStore, boxes: dict, splits: dict, image_size: tuple[int, int], target: str):

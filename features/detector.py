@@ -27,6 +27,8 @@ import torchvision
 from torchvision.ops import nms, roi_pool
 
 from features.butd import select_boxes
+from features.config import REGIONS
+from pipeline.errors import InputError
 
 CAFFE_PIXEL_MEAN_BGR = (102.9801, 115.9465, 122.7717)
 BBOX_CLAMP = math.log(1000.0 / 16)
@@ -34,18 +36,18 @@ BBOX_CLAMP = math.log(1000.0 / 16)
 
 @dataclass
 class DetectorConfig:
-    backbone: str = "resnet101"
+    backbone: str = REGIONS["backbone"]  # configurable values: their defaults are the config schema's
     num_classes: int = 1601  # Visual Genome: 1600 objects + background
-    min_size: int = 600
-    max_size: int = 1000
-    pre_nms_top_n: int = 6000
-    post_nms_top_n: int = 300
+    min_size: int = REGIONS["min_size"]
+    max_size: int = REGIONS["max_size"]
+    pre_nms_top_n: int = REGIONS["pre_nms_top_n"]
+    post_nms_top_n: int = REGIONS["post_nms_top_n"]
     rpn_nms_thresh: float = 0.7
     rpn_min_size: int = 16
-    nms_thresh: float = 0.3
-    conf_thresh: float = 0.2
-    min_boxes: int = 10
-    max_boxes: int = 100
+    nms_thresh: float = REGIONS["nms_thresh"]
+    conf_thresh: float = REGIONS["conf_thresh"]
+    min_boxes: int = REGIONS["min_boxes"]
+    max_boxes: int = REGIONS["max_boxes"]
     boxes_from: str = "proposals"  # proposals (BUTD) | regressed
 
 
@@ -93,7 +95,7 @@ def caffe_resnet(backbone: str) -> torchvision.models.ResNet:
     """A torchvision ResNet rearranged as the Caffe/detectron2 C4 model (weights loaded separately)."""
     resnet = getattr(torchvision.models, backbone)(weights=None)
     if not isinstance(resnet.layer1[0], torchvision.models.resnet.Bottleneck):
-        raise ValueError(f"the detector needs a bottleneck ResNet (50/101/152), not {backbone}")
+        raise InputError(f"the detector needs a bottleneck ResNet (50/101/152), not {backbone}")
     resnet.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
     for layer in (resnet.layer2, resnet.layer3):  # stride on the 1x1 conv (STRIDE_IN_1X1)
         first = layer[0]
@@ -223,7 +225,7 @@ def detectron2_to_ours(key: str) -> str | None:
             if rest[0] == "norm":
                 return f"{stage}.{block}.{_NORMS[part]}.{rest[1]}"
             return f"{stage}.{block}.{_BLOCK_PARTS[part]}.{rest[0]}"
-    raise KeyError(f"unexpected key in detectron2 checkpoint: {key}")
+    raise InputError(f"unexpected key in detectron2 checkpoint: {key}")
 
 
 def load_detectron2_checkpoint(model: BottomUpDetector, path: str | Path) -> dict:
@@ -248,7 +250,7 @@ def load_detectron2_checkpoint(model: BottomUpDetector, path: str | Path) -> dic
     expected = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
     missing = sorted(expected - set(converted))
     if missing:
-        raise ValueError(f"{path}: checkpoint lacks {len(missing)} detector weights, e.g. {missing[:5]}")
+        raise InputError(f"{path}: checkpoint lacks {len(missing)} detector weights, e.g. {missing[:5]}")
     model.load_state_dict(converted, strict=False)
     return {"unused_keys": unused}
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from features.butd import select_boxes
+from pipeline.errors import InputError
 
 
 def status() -> tuple[bool, str]:
@@ -31,7 +32,7 @@ class Detectron2Detector:
                  pre_nms_top_n: int = 6000, post_nms_top_n: int = 300):
         available, reason = status()
         if not available:
-            raise RuntimeError(reason)
+            raise InputError(reason)
         from detectron2.checkpoint import DetectionCheckpointer
         from detectron2.config import get_cfg
         from detectron2.modeling import build_model
@@ -45,7 +46,7 @@ class Detectron2Detector:
         self.model = build_model(cfg).eval()
         DetectionCheckpointer(self.model).load(weights)
         if not hasattr(self.model.roi_heads, "_shared_roi_transform"):
-            raise ValueError(f"{config_file}: region features need a C4 model with Res5ROIHeads")
+            raise InputError(f"{config_file}: region features need a C4 model with Res5ROIHeads")
         self.input_format = cfg.INPUT.FORMAT
         self.min_size, self.max_size = min_size, max_size
         self.rule = dict(nms_thresh=nms_thresh, conf_thresh=conf_thresh, min_boxes=min_boxes, max_boxes=max_boxes)

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipeline.errors import PipelineError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class ImageError(RuntimeError):
-    pass
+class ImageError(PipelineError, RuntimeError):
+    """An image file is missing or cannot be decoded."""
 
 
 def load_rgb(path: str | Path) -> Image.Image:
@@ -46,8 +47,3 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (array - mean) / std
 
-
-@dataclass
-class ImageItem:
-    image_id: int
-    path: Path

@@ -7,6 +7,7 @@ loader does. Unlike that loader, a missing id is an error naming the id, never r
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -14,13 +15,16 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from captioner import karpathy
-from features.store import StoreError, StoreWriter
+from features.store.format import StoreError
+from features.store.writer import StoreWriter
+from pipeline.config import defaults
+from pipeline.errors import MissingKeyError
+from pipeline.manifest import read_manifest
 
 
-def import_reference(source: str | Path, out: str | Path, karpathy_json: str | Path, max_boxes: int = 50,
-                     dtype: str = "float16", batch: int = 256) -> dict:
-    image_ids = [image.image_id for image in karpathy.load(karpathy_json).images]
+def import_reference(source: str | Path, out: str | Path, manifest: str | Path, max_boxes: int = 50,
+                     dtype: str = defaults("features")["dtype"], batch: int = 256) -> dict:
+    image_ids = [image.image_id for image in read_manifest(manifest)]
     try:
         handle = h5py.File(source, "r")
     except OSError as error:
@@ -28,7 +32,7 @@ def import_reference(source: str | Path, out: str | Path, karpathy_json: str | P
     with handle:
         missing = [i for i in image_ids if f"{i}_features" not in handle]
         if missing:
-            raise KeyError(f"image id {missing[0]} has no '{missing[0]}_features' in {source} "
+            raise MissingKeyError(f"image id {missing[0]} has no '{missing[0]}_features' in {source} "
                            f"({len(missing)} of {len(image_ids)} ids missing)")
         dim = handle[f"{image_ids[0]}_features"].shape[1]
         meta = {"extractor": {"kind": "regions", "imported_from": str(source), "layout": "m2-reference",
@@ -51,3 +55,17 @@ def import_reference(source: str | Path, out: str | Path, karpathy_json: str | P
             writer.write(ids, feats, counts, boxes, np.zeros((len(ids), 2), dtype=np.int32))
         writer.finalize()
     return {"images": len(image_ids), "feature_dim": dim}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="coco_detections.hdf5 in the M² reference layout")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--manifest", required=True, help="the images to import (every one must be present); "
+                                                          "python -m captioner image-manifest makes it")
+    parser.add_argument("--max-boxes", type=int, default=50, help="the M² reference reads at most 50 regions")
+    parser.add_argument("--dtype", choices=["float16", "float32"], default=defaults("features")["dtype"])
+
+
+def run(args) -> None:
+    stats = import_reference(args.source, args.out, args.manifest, args.max_boxes, args.dtype)
+    print(f"imported {stats['images']} images -> {args.out}", file=sys.stderr)

@@ -11,8 +11,10 @@ like any user-given checkpoint (``weights: <path>``).
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,16 +25,19 @@ import torch.nn.functional as F
 import torchvision
 from torch.utils.data import DataLoader, Dataset
 
-from captioner.atomic import atomic_path, write_json
-from features.extract import load_given_boxes, pick_device
+from features.backbones import pick_device, trunk
+from features.boxes import load_given_boxes
 from features.images import ImageError, load_rgb, to_tensor
+from pipeline.atomic import atomic_path, write_json
+from pipeline.config import defaults
+from pipeline.errors import InputError
+from pipeline.manifest import ManifestImage, read_manifest
 
-TRAIN_SPLITS = ("train", "restval")
 STRIDE = 32  # of a torchvision ResNet's last stage
 
 
-class PretrainError(ValueError):
-    pass
+class PretrainError(InputError):
+    """The boxes or images cannot train the trunk."""
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -46,28 +51,31 @@ def native_bf16(device: torch.device) -> bool:
         return False
 
 
+DEFAULTS = defaults("features", "pretrain")  # the config schema holds every default
+
+
 @dataclass
 class PretrainConfig:
-    backbone: str = "resnet18"
-    image_size: int = 256
-    epochs: int = 8
-    batch_size: int = 32
-    lr: float = 1e-3
+    backbone: str = DEFAULTS["backbone"]
+    image_size: int = DEFAULTS["image_size"]
+    epochs: int = DEFAULTS["epochs"]
+    batch_size: int = DEFAULTS["batch_size"]
+    lr: float = DEFAULTS["lr"]
     weight_decay: float = 1e-4
     background_weight: float = 0.2  # most cells are background; they still count, less
-    seed: int = 0
-    precision: str = "auto"  # auto: bf16 autocast where the device has bf16 units, else fp32 | bf16 | fp32
+    seed: int = DEFAULTS["seed"]
+    precision: str = DEFAULTS["precision"]  # auto: bf16 autocast where the device has bf16 units, else fp32
     device: str = "auto"
     threads: int = 2
     num_workers: int = 0
 
     def __post_init__(self):
         if self.image_size % STRIDE:
-            raise ValueError(f"image_size must be a multiple of {STRIDE}, not {self.image_size}")
+            raise InputError(f"image_size must be a multiple of {STRIDE}, not {self.image_size}")
         if min(self.epochs, self.batch_size) < 1 or self.lr <= 0 or not 0 <= self.background_weight <= 1:
-            raise ValueError("epochs and batch_size >= 1, lr > 0, 0 <= background_weight <= 1")
+            raise InputError("epochs and batch_size >= 1, lr > 0, 0 <= background_weight <= 1")
         if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision must be auto, bf16 or fp32, not {self.precision!r}")
+            raise InputError(f"precision must be auto, bf16 or fp32, not {self.precision!r}")
 
 
 def cell_targets(boxes: np.ndarray, labels: list[int], width: int, height: int, cells: int) -> np.ndarray:
@@ -104,35 +112,33 @@ class _BoxLabelDataset(Dataset):
         return tensor, torch.from_numpy(target)
 
 
-def _items(images: list[dict], image_root: Path, given: dict, boxes: dict[int, list], boxes_json: Path,
+def _items(images: list[ManifestImage], image_root: Path, given: dict, boxes: dict[int, list], boxes_json: Path,
            label_ids: dict | None):
     """(image path, boxes, label ids) of ``images``; label ids are numbered from these images when not given."""
-    missing = [im["cocoid"] for im in images if str(im["cocoid"]) not in given]
+    missing = [im.image_id for im in images if str(im.image_id) not in given]
     if missing:
         raise PretrainError(f"{boxes_json}: no boxes for {len(missing)} image(s), e.g. {missing[:5]}")
     if label_ids is None:
-        names = sorted({label for im in images for label in given[str(im["cocoid"])].get("labels", [])})
+        names = sorted({label for im in images for label in given[str(im.image_id)].get("labels", [])})
         if not names:
             raise PretrainError(f"{boxes_json}: the boxes have no 'labels' to learn from")
         label_ids = {name: k + 1 for k, name in enumerate(names)}  # 0 = background
     items = []
     for im in images:
-        entry = given[str(im["cocoid"])]
+        entry = given[str(im.image_id)]
         labels = entry.get("labels", [])
         if len(labels) != len(entry["boxes"]):
-            raise PretrainError(f"{boxes_json}: image {im['cocoid']} has {len(entry['boxes'])} boxes but "
+            raise PretrainError(f"{boxes_json}: image {im.image_id} has {len(entry['boxes'])} boxes but "
                                 f"{len(labels)} labels")
         ids = [label_ids.get(name, 0) for name in labels]  # a label never seen in training: background
-        items.append((image_root / im.get("filepath", "") / im["filename"],
-                      np.asarray(boxes[int(im["cocoid"])], dtype=np.float32).reshape(-1, 4), ids))
+        items.append((image_root / im.path, np.asarray(boxes[im.image_id], dtype=np.float32).reshape(-1, 4), ids))
     return items, label_ids
 
 
 class _CellClassifier(torch.nn.Module):
     def __init__(self, resnet: torch.nn.Module, classes: int):
         super().__init__()
-        self.trunk = torch.nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool,
-                                         resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4)
+        self.trunk = trunk(resnet, "layer4")
         self.head = torch.nn.Conv2d(resnet.fc.in_features, classes, kernel_size=1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -153,20 +159,20 @@ def _cell_accuracy(model, loader, device, autocast) -> float:
     return right / max(total, 1)
 
 
-def pretrain(karpathy_json: str | Path, image_root: str | Path, boxes_json: str | Path, out: str | Path,
-             config: PretrainConfig, log=print) -> dict:
-    """Train, write the trunk's state_dict to ``out`` (atomically) and a JSON report beside it."""
+def pretrain(manifest: str | Path, image_root: str | Path, boxes_json: str | Path, out: str | Path,
+             config: PretrainConfig, report_path: str | Path | None = None, log=print) -> dict:
+    """Train, write the trunk's state_dict to ``out`` (atomically) and a JSON report (default: beside it)."""
     torch.set_num_threads(config.threads)
     device = pick_device(config.device)
-    images = json.loads(Path(karpathy_json).read_text())["images"]
+    images = read_manifest(manifest)
     given = json.loads(Path(boxes_json).read_text())  # labels; the boxes themselves are checked by the loader
     boxes = load_given_boxes(boxes_json)
-    train_items, label_ids = _items([im for im in images if im.get("split") in TRAIN_SPLITS], Path(image_root),
+    train_items, label_ids = _items([im for im in images if im.split == "train"], Path(image_root),
                                     given, boxes, Path(boxes_json), None)
-    val_items, _ = _items([im for im in images if im.get("split") == "val"], Path(image_root), given, boxes,
+    val_items, _ = _items([im for im in images if im.split == "val"], Path(image_root), given, boxes,
                           Path(boxes_json), label_ids)
     if not train_items:
-        raise PretrainError(f"{karpathy_json}: no train/restval images")
+        raise PretrainError(f"{manifest}: no training images")
     torch.manual_seed(config.seed)
     resnet = getattr(torchvision.models, config.backbone)(weights=None)
     model = _CellClassifier(resnet, len(label_ids) + 1).to(device)
@@ -213,5 +219,34 @@ def pretrain(karpathy_json: str | Path, image_root: str | Path, boxes_json: str 
         torch.save(state, tmp)
     report = {"config": asdict(config), "bf16": bf16, "labels": label_ids, "train_images": len(train_items),
               "val_images": len(val_items), "history": history}
-    write_json(out.with_suffix(".json"), report)
+    write_json(report_path or out.with_suffix(".json"), report)
     return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--manifest", required=True, help="image manifest (python -m captioner image-manifest)")
+    parser.add_argument("--image-root", required=True)
+    parser.add_argument("--boxes", required=True, help="JSON {image_id: {boxes: [[x1,y1,x2,y2],...], labels: [...]}}")
+    parser.add_argument("--out", required=True, help="the trunk's state_dict (.pt)")
+    parser.add_argument("--report", help="the JSON report (default: beside --out, .json)")
+    parser.add_argument("--backbone", default=DEFAULTS["backbone"])
+    parser.add_argument("--image-size", type=int, default=DEFAULTS["image_size"])
+    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    parser.add_argument("--lr", type=float, default=DEFAULTS["lr"])
+    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=DEFAULTS["precision"])
+    parser.add_argument("--device", default=defaults("features")["device"])
+    parser.add_argument("--threads", type=int, default=defaults("features")["threads"])
+    parser.add_argument("--num-workers", type=int, default=0)
+
+
+def run(args) -> None:
+    config = PretrainConfig(backbone=args.backbone, image_size=args.image_size, epochs=args.epochs,
+                            batch_size=args.batch_size, lr=args.lr, seed=args.seed, precision=args.precision,
+                            device=args.device, threads=args.threads, num_workers=args.num_workers)
+    report = pretrain(args.manifest, args.image_root, args.boxes, args.out, config, report_path=args.report,
+                      log=lambda line: print(line, file=sys.stderr, flush=True))
+    last = report["history"][-1]
+    print(f"backbone -> {args.out}: {report['train_images']} training images, {len(report['labels'])} labels, "
+          f"final loss {last['loss']:.3f}", file=sys.stderr)

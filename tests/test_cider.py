@@ -3,7 +3,7 @@ import random
 import numpy as np
 from pycocoevalcap.cider.cider import Cider
 
-from captioner.metrics.cider import CiderD
+from captioner.training.cider import CiderD
 
 WORDS = "a an the dog cat man woman red blue small large sits runs on under next to left right of".split()
 
@@ -69,3 +69,15 @@ def test_corpus_reference_sets_score_as_sets_split_on_the_fly():
     respaced = [[" " + sentence + " " for sentence in refs] for refs in sets]  # not corpus keys: split here
     np.testing.assert_allclose(CiderD(train).score(hyps, respaced), mixed, rtol=0, atol=1e-12)
     assert len(set(np.round(mixed, 9))) > 3  # the sets really differ in score
+
+
+def test_a_batch_of_only_empty_hypotheses_scores_zero_like_pycocoevalcap():
+    """An untrained model can emit <eos> first for every validation image (validation scores the same references
+    every epoch, so their vectors are cached): the batch then has no n-gram at all."""
+    refs = {0: ["a dog runs", "the dog"], 1: ["a cat sits"], 2: ["a man on a bench"]}
+    _, expected = Cider().compute_score(refs, {i: [""] for i in refs})
+    cider = CiderD(refs.values())
+    cider.score(["a dog", "a cat", "a man"], list(refs.values()))  # the references' vectors are cached now
+    ours = cider.score(["", "", ""], list(refs.values()))  # so this batch has no n-gram at all
+    np.testing.assert_allclose(ours, expected, atol=1e-9)
+    assert ours.tolist() == [0.0, 0.0, 0.0]

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captioner import distributed
-from captioner.checkpoint import load_checkpoint
-from captioner.training import Trainer, TrainingError
-from features.store import FeatureStore, StoreWriter
+from captioner.models.checkpoint import load_checkpoint
+from captioner.training import distributed
+from captioner.training.trainer import Trainer, TrainingError
+from features.store.reader import FeatureStore
+from features.store.writer import StoreWriter
 from tests.training_helpers import HPARAMS, losses, train_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +149,7 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(caption_set, tmp_path):
     script = tmp_path / "diverge.py"
     script.write_text(f"""
 import sys, torch
-from captioner.training import Trainer, TrainingError
+from captioner.training.trainer import Trainer, TrainingError
 trainer = Trainer("sat_soft", {str(caption_set / "grid.h5")!r}, {str(caption_set / "text/captions.json")!r},
                   {str(caption_set / "text/vocab.json")!r}, {SAT!r}, {str(tmp_path / "out")!r}, device="cpu")
 if trainer.ranks.rank == 1:

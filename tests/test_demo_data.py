@@ -5,8 +5,8 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from captioner import karpathy
-from captioner.demo_data import COLOURS, SHAPES, generate
+from captioner.data import karpathy
+from captioner.data.demo import COLOURS, SHAPES, generate
 
 
 def digest(folder):

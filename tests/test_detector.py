@@ -2,11 +2,18 @@ import numpy as np
 import pytest
 import torch
 
-from captioner.demo_data import generate
-from features.detector import (BottomUpDetector, DetectorConfig, caffe_cell_anchors, load_detectron2_checkpoint,
-                               ours_to_detectron2)
-from features.extract import ExtractorConfig, RunOptions, extract
-from features.store import FeatureStore
+from captioner.data.demo import generate
+from features.config import ExtractorConfig
+from features.detector import (
+    BottomUpDetector,
+    DetectorConfig,
+    caffe_cell_anchors,
+    load_detectron2_checkpoint,
+    ours_to_detectron2,
+)
+from features.extract import RunOptions, extract
+from features.store.reader import FeatureStore
+from tests.faults.helpers import manifest_for
 
 SMALL = dict(backbone="resnet50", min_size=128, max_size=192, pre_nms_top_n=300, post_nms_top_n=40,
              min_boxes=4, max_boxes=12)
@@ -74,7 +81,7 @@ def test_extract_in_detector_mode(tmp_path):
     state = ours_to_detectron2(small_detector(0, anchors_as_proposals=True).state_dict())
     torch.save({"model": state}, tmp_path / "butd.pth")
     config = ExtractorConfig(kind="regions", boxes="detector", weights=str(tmp_path / "butd.pth"), **SMALL)
-    extract(tmp_path / "demo/dataset_coco.json", tmp_path / "demo", tmp_path / "regions.h5", config,
+    extract(manifest_for(tmp_path / "demo/dataset_coco.json"), tmp_path / "demo", tmp_path / "regions.h5", config,
             RunOptions(batch_size=2, num_workers=0, device="cpu", dtype="float32"))
     store = FeatureStore(tmp_path / "regions.h5")
     data = store.gather(store.image_ids)

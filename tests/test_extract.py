@@ -11,10 +11,13 @@ import h5py
 import numpy as np
 import pytest
 
-from captioner.demo_data import generate
-from features.extract import ExtractorConfig, RunOptions, extract
+from captioner.data.demo import generate
+from features.config import ExtractorConfig
+from features.extract import RunOptions, extract
 from features.import_m2 import import_reference
-from features.store import FeatureStore, merge_stores
+from features.store.merge import merge_stores
+from features.store.reader import FeatureStore
+from tests.faults.helpers import manifest_for
 
 GRID = dict(kind="grid", backbone="resnet18", image_size=64, grid_size=2)
 REGIONS = dict(kind="regions", backbone="resnet18", min_size=96, max_size=96, max_boxes=2)
@@ -29,7 +32,7 @@ def demo(tmp_path_factory):
 
 def run(demo, out, config, shard=0, num_shards=1, **options):
     options = {"batch_size": 4, "num_workers": 0, "device": "cpu", "dtype": "float32", **options}
-    return extract(demo / "dataset_coco.json", demo, out, ExtractorConfig(**config), RunOptions(**options),
+    return extract(manifest_for(demo / "dataset_coco.json"), demo, out, ExtractorConfig(**config), RunOptions(**options),
                    boxes_json=demo / "boxes.json", shard=shard, num_shards=num_shards)
 
 
@@ -78,8 +81,8 @@ def test_verify_catches_nan_and_missing_id(demo, tmp_path):
     data["images"].append(dict(data["images"][0], cocoid=999999, imgid=999999))
     (tmp_path / "more.json").write_text(json.dumps(data))
     run(demo, tmp_path / "ok.h5", GRID)
-    result = subprocess.run([sys.executable, "-m", "features", "verify", str(tmp_path / "ok.h5"), "--split-file",
-                             str(tmp_path / "more.json")], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "features", "verify", str(tmp_path / "ok.h5"), "--manifest",
+                             str(manifest_for(tmp_path / "more.json"))], capture_output=True, text=True)
     assert result.returncode == 1 and "999999" in result.stdout
 
 
@@ -94,7 +97,7 @@ def test_import_reference_layout(demo, tmp_path):
             expected[i] = rng.normal(size=(n, 16)).astype(np.float32)
             handle[f"{i}_features"] = expected[i]
             handle[f"{i}_boxes"] = rng.uniform(0, 50, size=(n, 4)).astype(np.float32)
-    import_reference(source, tmp_path / "regions.h5", demo / "dataset_coco.json", max_boxes=5, dtype="float32")
+    import_reference(source, tmp_path / "regions.h5", manifest_for(demo / "dataset_coco.json"), max_boxes=5, dtype="float32")
     store = FeatureStore(tmp_path / "regions.h5")
     for i in ids[:5]:
         data = store.gather([i])
@@ -104,4 +107,4 @@ def test_import_reference_layout(demo, tmp_path):
     with h5py.File(source, "a") as handle:
         del handle[f"{ids[4]}_features"]
     with pytest.raises(KeyError, match=str(ids[4])):
-        import_reference(source, tmp_path / "again.h5", demo / "dataset_coco.json")
+        import_reference(source, tmp_path / "again.h5", manifest_for(demo / "dataset_coco.json"))

@@ -8,9 +8,9 @@ import types
 import pytest
 import torch
 
-from captioner.checkpoint import load_for_inference
-from captioner.decoding import beam_search
-from captioner.import_m2 import REFERENCE_SPECIALS, import_checkpoint, load_reference_vocab
+from captioner.apps.import_m2 import REFERENCE_SPECIALS, import_checkpoint, load_reference_vocab
+from captioner.models.beam_search import beam_search
+from captioner.models.checkpoint import load_for_inference
 from captioner.models.m2 import M2Config, MeshedMemoryTransformer
 
 WORDS = ["a", "dog", "cat", "on", "the", "mat", "runs"]

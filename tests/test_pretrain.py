@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from captioner.demo_data import generate
-from features.extract import build_resnet, sha256_of
+from captioner.data.demo import generate
+from features.backbones import build_resnet, sha256_of
 from features.pretrain import cell_targets
-from features.store import FeatureStore
+from features.store.reader import FeatureStore
+from tests.faults.helpers import manifest_for
 from tests.workflow_helpers import copy_workflow, edit_config, planned_jobs, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def test_cell_targets_pick_the_smallest_box_holding_each_centre():
 
 
 def pretrain_command(data: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "features", "pretrain", "--karpathy-json", str(data / "dataset_coco.json"),
+    return [sys.executable, "-m", "features", "pretrain", "--manifest", str(manifest_for(data / "dataset_coco.json")),
             "--image-root", str(data), "--boxes", str(data / "boxes.json"), "--out", str(out), "--image-size", "64",
             "--batch-size", "8", "--lr", "0.003", "--device", "cpu", "--precision", "fp32", *extra]
 
@@ -90,7 +91,7 @@ def test_weights_pretrain_adds_one_job_before_extraction_and_reruns_when_its_set
 
     edit_config(workdir, use_pretrain)
     grid = "results/tiny/features/grid.h5"
-    assert planned_jobs(workdir, grid) == Counter(demo_data=1, pretrain_backbone=1, extract_features=1)
+    assert planned_jobs(workdir, grid) == Counter(demo_data=1, image_manifest=1, pretrain_backbone=1, extract_features=1)
     snakemake(workdir, "--printshellcmds", grid)  # (a flag first: a bare target would extend --configfile)
     trunk = workdir / "results/tiny/features/backbone.pt"
     meta = FeatureStore(workdir / grid).meta

@@ -1,4 +1,4 @@
-from captioner.provenance import code_hash, project_modules
+from pipeline.provenance import code_hash, project_modules
 
 
 def make_package(root, files):
@@ -32,3 +32,16 @@ def test_code_edits_change_the_hash_comments_do_not(tmp_path):
     changed = code_hash(tmp_path, "captioner.a")
     (tmp_path / "captioner/c.py").write_text("Y = 3\n")  # not imported by a
     assert code_hash(tmp_path, "captioner.a") == changed
+
+
+def test_docstrings_do_not_change_the_hash_code_does(tmp_path):
+    make_package(tmp_path, {"captioner/__init__.py": '"""Package."""\n',
+                            "captioner/a.py": '"""Module."""\n\nclass A:\n    """Class."""\n\n    def f(self):\n'
+                                              '        """Method."""\n        return "text"\n'})
+    before = code_hash(tmp_path, "captioner.a")
+    (tmp_path / "captioner/__init__.py").write_text('"""Another package docstring."""\n')
+    (tmp_path / "captioner/a.py").write_text('"""Edited."""\n\nclass A:\n    """Edited."""\n\n    def f(self):\n'
+                                             '        """Edited."""\n        return "text"\n')
+    assert code_hash(tmp_path, "captioner.a") == before
+    (tmp_path / "captioner/a.py").write_text('"""Edited."""\n\nclass A:\n    def f(self):\n        return "other"\n')
+    assert code_hash(tmp_path, "captioner.a") != before  # a string that is code, not a docstring, counts

@@ -2,7 +2,7 @@ import shutil
 
 import pytest
 
-from captioner.scoring import JavaMissingError, ptb_tokenize, sanitize, score_captions, spice_status
+from captioner.evaluation.scoring import JavaMissingError, ptb_tokenize, sanitize, score_captions, spice_status
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap needs java on PATH")
 

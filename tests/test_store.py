@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from features.store import FeatureStore, StoreError, StoreWriter
+from features.store.format import StoreError
+from features.store.reader import FeatureStore
+from features.store.writer import StoreWriter
 
 
 @pytest.mark.parametrize("suffix", [".h5", ".zarr"])

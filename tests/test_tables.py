@@ -2,7 +2,7 @@ import csv
 import io
 import json
 
-from captioner.tables import build_rows, published_rows, samples_markdown, to_csv, to_markdown
+from captioner.evaluation.tables import build_rows, published_rows, samples_markdown, to_csv, to_markdown
 
 
 def write_scores(path, model, cider, bleu4):

@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from captioner import karpathy
-from captioner.text import SPECIALS, Vocabulary, prepare
+from captioner.data import karpathy
+from captioner.data.text import prepare
+from captioner.data.vocab import SPECIALS, Vocabulary
 
 
 def write_dataset(path, images):
@@ -28,7 +29,8 @@ def test_prepare_splits_vocab_and_truncation(tmp_path):
         image(3, "val", ["a zebra runs"]),
         image(4, "test", ["a dog"]),
     ])
-    stats = prepare(source, tmp_path / "out", min_word_count=2, max_caption_length=3)
+    stats = prepare(source, tmp_path / "out/vocab.json", tmp_path / "out/captions.json", min_word_count=2,
+                    max_caption_length=3)
     vocab = Vocabulary.load(tmp_path / "out/vocab.json")
     assert tuple(vocab.itos[:4]) == SPECIALS
     assert vocab.itos[4:] == ["a", "dog", "runs"]  # count >= 2 on train+restval only; frequency then alphabet
@@ -44,14 +46,14 @@ def test_prepare_splits_vocab_and_truncation(tmp_path):
 def test_empty_captions_dropped_and_counted(tmp_path):
     source = write_dataset(tmp_path / "d.json", [image(1, "train", ["a dog", "   ", "..."]), image(2, "val", ["x"]),
                                                  image(3, "test", ["y"])])
-    stats = prepare(source, tmp_path / "out", 1, 16)
+    stats = prepare(source, tmp_path / "out/vocab.json", tmp_path / "out/captions.json", 1, 16)
     assert stats["dropped_empty_captions"] == 2 and stats["captions"]["train"] == 1
 
 
 def test_test_image_without_captions_is_an_error(tmp_path):
     source = write_dataset(tmp_path / "d.json", [image(1, "train", ["a dog"]), image(2, "test", [""])])
     with pytest.raises(karpathy.KarpathyFormatError, match="test image 2"):
-        prepare(source, tmp_path / "out", 1, 16)
+        prepare(source, tmp_path / "out/vocab.json", tmp_path / "out/captions.json", 1, 16)
 
 
 def test_duplicate_ids_and_missing_fields_are_named(tmp_path):

@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from captioner.decoding import greedy
+from captioner.models.greedy import greedy
 from captioner.models.sat import SATConfig, ShowAttendTell
+from captioner.training.reinforce import HardAttention
+from captioner.training.xe import CrossEntropy
+from pipeline.config import defaults
 
 
 @pytest.mark.parametrize("attention", ["soft", "hard"])
@@ -20,10 +23,12 @@ def test_tiny_batch_can_be_overfitted(attention):
     captions = torch.tensor([[1, 3, 4, 5, 2], [1, 6, 7, 2, 0], [1, 8, 3, 3, 2], [1, 5, 2, 0, 0]])
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     model.train()
+    # hard attention trains with its REINFORCE objective (sampled locations on half of the batches)
+    objective = HardAttention(model, None, defaults("sat")) if attention == "hard" else CrossEntropy(model, None, {})
     for _ in range(300):
-        out = model.loss(feats, captions)
+        out = objective.loss(captions, {"features": feats})
         optimizer.zero_grad()
-        out["loss"].backward()
+        out.loss.backward()
         optimizer.step()
     model.eval()
     with torch.no_grad():
@@ -34,24 +39,34 @@ def test_tiny_batch_can_be_overfitted(attention):
         assert row[: len(target)] == target
 
 
+def test_hard_attention_gets_reinforce_gradient():
+    model = ShowAttendTell(SATConfig(vocab_size=7, feature_dim=6, embed_dim=5, hidden_dim=8, attention_dim=4,
+                                     attention="hard")).train()
+    objective = HardAttention(model, None, dict(defaults("sat"), expected_context_p=0.0))  # always sampled
+    loss = objective.loss(torch.tensor([[1, 3, 4, 5, 2, 0], [1, 6, 2, 0, 0, 0]]), {"features": torch.randn(2, 9, 6)})
+    loss.loss.backward()
+    assert model.att_score.weight.grad.abs().sum() > 0
+    assert objective.baseline.item() != 0.0
+
+
 def test_blind_inputs_hide_features_and_region_count():
-    from captioner.checkpoint import FeatureNorm, model_inputs
+    from captioner.models.checkpoint import FeatureNorm, model_inputs
 
     data = {"features": np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32),
             "num_boxes": np.array([2, 4])}
     norm = FeatureNorm(torch.zeros(3), torch.ones(3))
-    sighted = model_inputs("m2", data, norm, blind=False, device="cpu")
+    sighted = model_inputs("regions", data, norm, blind=False, device="cpu")
     assert sighted["num_boxes"].tolist() == [2, 4] and not torch.all(sighted["features"][0, 2:] != 0)
-    blind = model_inputs("m2", data, norm, blind=True, device="cpu")
+    blind = model_inputs("regions", data, norm, blind=True, device="cpu")
     assert blind["num_boxes"].tolist() == [5, 5] and not blind["features"].any()
 
 
 def test_scst_gradient_follows_the_reward():
     """The SCST loss has the gradient of the reward-weighted log-likelihood of the beams, and a small step along
     it moves probability towards the beams with above-average reward."""
-    from captioner.decoding import beam_search
+    from captioner.models.beam_search import beam_search
     from captioner.models.m2 import M2Config, MeshedMemoryTransformer
-    from captioner.training import scst_loss
+    from captioner.training.scst import scst_loss
 
     torch.manual_seed(0)
     model = MeshedMemoryTransformer(M2Config(vocab_size=12, feature_dim=6, d_model=16, heads=2, d_ff=32,
@@ -89,7 +104,7 @@ def test_scst_gradient_follows_the_reward():
 def test_bf16_precision_trains_on_the_cpu_close_to_fp32(caption_set, tmp_path):
     """``precision: bf16`` really autocasts on the CPU (losses differ from fp32 in the low digits) and trains
     as well: per-epoch losses within 2 % of the fp32 run, falling; an unknown precision is refused."""
-    from captioner.training import Trainer, TrainingError
+    from captioner.training.trainer import Trainer, TrainingError
     from tests.training_helpers import HPARAMS, losses
 
     def run(precision: str):
@@ -112,7 +127,7 @@ def test_bf16_precision_trains_on_the_cpu_close_to_fp32(caption_set, tmp_path):
 def test_by_image_batches_hold_whole_images_and_every_pair_once(caption_set, tmp_path):
     """``xe_batches: by_image``: each batch is whole images (all their captions), batch_size / captions-per-image
     images of them, every (image, caption) pair once an epoch, a new order each epoch; training on them learns."""
-    from captioner.training import Trainer, TrainingError
+    from captioner.training.trainer import Trainer, TrainingError
     from tests.training_helpers import HPARAMS, losses
 
     def trainer(out, **overrides):
@@ -121,8 +136,8 @@ def test_by_image_batches_hold_whole_images_and_every_pair_once(caption_set, tmp
                        device="cpu")
 
     by_image = trainer("by_image", xe_batches="by_image", epochs=3)
-    captions_of = {i: len(image["captions"]) for i, image in enumerate(by_image.train_images)}
-    epochs = [list(by_image._xe_batches(torch.Generator().manual_seed(seed))) for seed in (0, 1)]
+    captions_of = {i: len(image["captions"]) for i, image in enumerate(by_image.data.images)}
+    epochs = [list(by_image.objective.batches(torch.Generator().manual_seed(seed))) for seed in (0, 1)]
     for batches in epochs:
         pairs = [pair for batch in batches for pair in batch]
         assert sorted(pairs) == sorted((i, j) for i, n in captions_of.items() for j in range(n))
@@ -143,8 +158,9 @@ def test_last_checkpoint_of_other_input_files_is_not_resumed(caption_set, tmp_pa
     stale ``last.pt``; with the same files it resumes."""
     import shutil
 
-    from captioner.training import Trainer
-    from features.store import FeatureStore, StoreWriter
+    from captioner.training.trainer import Trainer
+    from features.store.reader import FeatureStore
+    from features.store.writer import StoreWriter
     from tests.training_helpers import HPARAMS, losses
 
     data = tmp_path / "data"

@@ -10,8 +10,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.workflow_helpers import (TINY_CONFIG, clone_run, copy_workflow, edit_config, environment, planned_jobs,
-                                    snakemake)
+from tests.workflow_helpers import (
+    TINY_CONFIG,
+    clone_run,
+    copy_workflow,
+    edit_config,
+    environment,
+    planned_jobs,
+    snakemake,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -72,22 +79,73 @@ def test_feature_parameter_change_reruns_extraction_and_everything_after(run_cop
                                              decode=sat_models, score=sat_models, tables=1, all=1)
 
 
-def test_editing_an_imported_module_reruns_its_rules(run_copy):
-    module = run_copy / "captioner/models/m2.py"
-    source = module.read_text()
-    module.write_text(source + "\n# a comment changes nothing\n")
+SAT = [m for m in MODELS if m.startswith("sat")]
+M2 = [m for m in MODELS if m.startswith("m2")]
+
+
+def after_training(models) -> Counter:
+    """The jobs that retraining ``models`` plans: their training, decoding, scoring, attention figures, tables."""
+    jobs = Counter(train=len(models), decode=len(models), score=len(models), tables=1, all=1)
+    jobs["attention_maps"] = sum(m.startswith("sat") and not m.endswith("blind") for m in models)
+    return +jobs
+
+
+# the rerun matrix: a code edit of one module -> exactly the jobs that run it (and what depends on their outputs)
+RERUN_MATRIX = {
+    "decode command": ("captioner/evaluation/decode.py", Counter(decode=5, score=5, tables=1, all=1)),
+    "scorer": ("captioner/evaluation/scoring.py", Counter(score=5, tables=1, all=1)),
+    "tables": ("captioner/evaluation/tables.py", Counter(tables=1, all=1)),
+    "region detector": ("features/detector.py", Counter()),  # the tiny run pools given boxes: no job runs it
+    "given-box regions": ("features/regions.py", Counter(extract_features=1) + after_training(M2)),
+    "grid extractor": ("features/grid.py", Counter(extract_features=1) + after_training(SAT)),
+    "beam search": ("captioner/models/beam_search.py", Counter(train=1, decode=5, score=5, attention_maps=2, tables=1,
+                                                               all=1)),  # train: m2_scst samples with it
+    "M2 model file": ("captioner/models/m2.py", after_training(M2)),
+    "SAT model file": ("captioner/models/sat.py", after_training(SAT)),
+    "store reader": ("features/store/reader.py", after_training(MODELS)),
+    "store format": ("features/store/format.py", Counter(extract_features=2) + after_training(MODELS)),
+    "SCST objective": ("captioner/training/scst.py", after_training(["m2_scst"])),
+    "hard-attention objective": ("captioner/training/reinforce.py", after_training(["sat_hard"])),
+    "text preparation": ("captioner/data/text.py", Counter(prepare_text=1) + after_training(MODELS)),
+}
+
+
+@pytest.mark.parametrize("edit", list(RERUN_MATRIX))
+def test_a_code_edit_reruns_exactly_the_jobs_that_run_it(run_copy, edit):
+    path, expected = RERUN_MATRIX[edit]
+    module = run_copy / path
+    module.write_text(module.read_text() + "\n\ndef _rerun_probe():\n    return 1\n")
+    assert planned_jobs(run_copy) == expected
+
+
+def test_comments_docstrings_and_formatting_rerun_nothing(run_copy):
+    for path in ("captioner/__init__.py", "captioner/models/m2.py", "features/extract.py", "pipeline/errors.py"):
+        module = run_copy / path
+        source = module.read_text()
+        docstring_end = source.index('"""', 3)
+        edited = source[:docstring_end] + " Edited." + source[docstring_end:]  # the module docstring
+        edited = edited.replace("    def ", "    # a comment\n    def ", 1) + "\n\n# trailing comment\n"
+        module.write_text(edited)
+    run_copy.joinpath("captioner/training/trainer.py").write_text(
+        run_copy.joinpath("captioner/training/trainer.py").read_text().replace(
+            '"""The objective\'s own buffers (e.g. a REINFORCE baseline), without the model\'s."""',
+            '"""The objective\'s buffers, not the model\'s."""'))  # a function docstring
     assert planned_jobs(run_copy) == Counter()
 
-    module.write_text(source + "\n\ndef _new_helper():\n    return 1\n")
-    m2_models = sum(m.startswith("m2") for m in MODELS)
-    assert planned_jobs(run_copy) == Counter(train=m2_models, decode=m2_models, score=m2_models, tables=1, all=1)
 
-    module.write_text(source)
-    store = run_copy / "features/store.py"  # imported by the extractors *and* training/decoding
-    store.write_text(store.read_text() + "\n\nSTORE_FORMAT_VERSION = 1\n")
-    planned = planned_jobs(run_copy)
-    assert planned["extract_features"] == 2
-    assert planned["train"] == len(MODELS)
+def test_each_extractor_fingerprint_holds_only_its_own_kind():
+    from features.config import extractor_module
+    from pipeline.provenance import project_modules
+    from tests.workflow_helpers import PROJECT
+
+    def modules(kind, boxes):
+        return set(project_modules(PROJECT, "features.extract", extractor_module(kind, boxes)))
+
+    grid, given, detected = modules("grid", "given"), modules("regions", "given"), modules("regions", "detector")
+    assert "features.grid" in grid and not {"features.regions", "features.bottom_up", "features.detector"} & grid
+    assert "features.regions" in given and not {"features.grid", "features.detector"} & given
+    assert {"features.bottom_up", "features.detector", "features.butd"} <= detected and "features.grid" not in detected
+    assert not any(m.startswith("captioner") for m in grid | given | detected)
 
 
 def test_input_content_change_reruns_its_consumers(run_copy):
@@ -109,7 +167,7 @@ def test_input_content_change_reruns_its_consumers(run_copy):
 
 def test_karpathy_source_dag(tmp_path):
     """A user's own Karpathy JSON + image root: no demo rule, the rest of the DAG unchanged."""
-    from captioner.demo_data import generate
+    from captioner.data.demo import generate
 
     workdir = copy_workflow(tmp_path / "project")
     generate(tmp_path / "coco", seed=3, num_train=6, num_val=2, num_test=2)
@@ -151,17 +209,28 @@ def test_caption_cli_on_a_demo_image(finished_run, tmp_path):
     import sys
 
     images = sorted((finished_run / RUN / "dataset/images").glob("*.jpg"))[:2]
-    for model in ("sat_soft", "m2_xe"):
+    boxes = json.loads((finished_run / RUN / "dataset/boxes.json").read_text())
+
+    def caption(model, paths, boxes_by_name=None):
+        out = tmp_path / f"{model}.{len(paths)}.{paths[0].name}.json"
         command = [sys.executable, "-m", "captioner", "caption", "--model",
-                   str(finished_run / RUN / f"models/{model}/checkpoint.pt"), *map(str, images),
-                   "--beam-size", "2", "--out", str(tmp_path / f"{model}.json")]
-        if model == "m2_xe":  # trained on given boxes: the caller supplies them
-            boxes = json.loads((finished_run / RUN / "dataset/boxes.json").read_text())
-            ids = [str(int(p.stem.split("_")[1])) for p in images]
-            (tmp_path / "boxes.json").write_text(json.dumps({i: boxes[i] for i in ids}))
+                   str(finished_run / RUN / f"models/{model}/checkpoint.pt"), *map(str, paths), "--beam-size", "2",
+                   "--out", str(out)]
+        if boxes_by_name is not None:  # trained on given boxes: the caller supplies them, keyed by file name
+            (tmp_path / "boxes.json").write_text(json.dumps(boxes_by_name))
             command += ["--boxes", str(tmp_path / "boxes.json")]
         result = subprocess.run(command, capture_output=True, text=True, env=environment(), cwd=finished_run)
         assert result.returncode == 0, result.stderr
-        captions = json.loads((tmp_path / f"{model}.json").read_text())
+        return json.loads(out.read_text())
+
+    for model in ("sat_soft", "m2_xe"):
+        by_name = None
+        if model == "m2_xe":  # listed in the other order than the images: matching is by name, not position
+            by_name = {p.name: boxes[str(int(p.stem.split("_")[1]))] for p in reversed(images)}
+        captions = caption(model, images, by_name)
         assert [c["image"] for c in captions] == [str(p) for p in images]
         assert all(c["caption"] for c in captions)
+        if model == "m2_xe":  # each image captioned alone, with only its own boxes, gets the same caption
+            for path, together in zip(images, captions):
+                alone = caption(model, [path], {path.name: by_name[path.name]})
+                assert alone[0]["logprob"] == pytest.approx(together["logprob"], abs=1e-4)

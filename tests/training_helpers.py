@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from captioner.text import prepare
-from features.store import StoreWriter
+from captioner.data.text import prepare
+from features.store.writer import StoreWriter
 
 HPARAMS = {"epochs": 4, "batch_size": 16, "lr": 0.003, "patience": 10, "feature_norm_images": 50,
            "model": {"embed_dim": 16, "hidden_dim": 32, "attention_dim": 16, "init_layers": 1}}
@@ -30,7 +30,7 @@ def make_caption_set(root: Path) -> Path:
         f[:, i % 4] += 3.0
         feats.append(f)
     (root / "d.json").write_text(json.dumps({"images": images}))
-    prepare(root / "d.json", root / "text", 1, 10)
+    prepare(root / "d.json", root / "text/vocab.json", root / "text/captions.json", 1, 10)
     with StoreWriter(root / "grid.h5", "grid", list(range(60)), 4, 8, dtype="float32") as writer:
         writer.write(list(range(60)), np.stack(feats))
     return root

@@ -13,8 +13,8 @@ from pathlib import Path
 import yaml
 
 PROJECT = Path(__file__).resolve().parents[1]
-WORKFLOW_ITEMS = ("Snakefile", "workflow", "config", "envs", "captioner", "features", "tests/configs")
-TINY_CONFIG = "tests/configs/tiny.yaml"
+WORKFLOW_ITEMS = ("Snakefile", "workflow", "config", "envs", "pipeline", "captioner", "features", ".test")
+TINY_CONFIG = ".test/config/config.yaml"
 
 
 def copy_workflow(dest: Path) -> Path:

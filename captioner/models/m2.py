@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from captioner.models.outputs import CaptionLoss
+
 
 @dataclass
 class M2Config:
@@ -72,6 +74,9 @@ class Attention(nn.Module):
         self.layer_norm = nn.LayerNorm(d_model)
         self.memory_slots = memory_slots
         if memory_slots:
+            # Not the init the memory slots end with: MeshedMemoryTransformer re-initialises every matrix (these
+            # too) with xavier_uniform, as the reference does. The normal draws stay, as in the reference, because
+            # they advance the RNG: with them a seed gives the reference's initial weights.
             self.m_k = nn.Parameter(torch.randn(1, memory_slots, d_model) / math.sqrt(self.d_k))
             self.m_v = nn.Parameter(torch.randn(1, memory_slots, d_model) / math.sqrt(memory_slots))
 
@@ -215,14 +220,14 @@ class MeshedMemoryTransformer(nn.Module):
             x = layer(x, kv, self_keep, self._cross_kv(layer, enc, image_index), enc_keep, not_pad)
         return x
 
-    def loss(self, features, num_boxes, captions, image_index=None) -> dict:
+    def loss(self, features, num_boxes, captions, image_index=None) -> CaptionLoss:
         """Mean NLL over the non-pad target tokens. The vocabulary projection, the most expensive layer, runs on
         those tokens only: a padded COCO batch is ~40% padding."""
         hidden = self._decode_hidden(features, num_boxes, captions[:, :-1], image_index)
         targets = captions[:, 1:]
         real = targets != self.config.pad_id
         loss = F.cross_entropy(self.out(hidden[real]).float(), targets[real])
-        return {"loss": loss, "tokens": real.sum(), "nll_per_token": float(loss.detach())}
+        return CaptionLoss(loss=loss, tokens=real.sum(), nll_per_token=loss.detach())
 
     # ------------------------------------------------------------------------------------- decoding
     def decoder_state(self, features, num_boxes) -> dict:

@@ -6,8 +6,8 @@ Follows the paper and the authors' code (arctic-captions) rather than the popula
 - a *scalar* gate beta_t = sigmoid(f_beta(h_{t-1})) by default (vector gate optional);
 - deep output layer p(y_t) ~ exp(L_o(E y_{t-1} + L_h h_t + L_z z_t));
 - doubly stochastic regularisation lambda * sum_i (1 - sum_t alpha_ti)^2, summed over locations;
-- soft attention (z_t = sum_i alpha_ti a_i) or hard attention trained with REINFORCE
-  (moving-average baseline, entropy bonus, expected context on half of the batches).
+- soft attention (z_t = sum_i alpha_ti a_i) or hard attention (a sampled location per step; its REINFORCE
+  objective, with the moving-average baseline and the entropy bonus, is ``captioner.training.reinforce``).
 
 Hard attention at test time uses the expected context, the paper's deterministic approximation
 (sampling at test time would make decoding random).
@@ -15,14 +15,13 @@ Hard attention at test time uses the expected context, the paper's deterministic
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from captioner import distributed
+from captioner.models.outputs import CaptionLoss
 
 
 @dataclass
@@ -40,10 +39,6 @@ class SATConfig:
     dropout: float = 0.5
     attention: str = "soft"  # soft | hard
     doubly_stochastic: float = 1.0  # lambda
-    entropy_weight: float = 0.002  # lambda_e (hard attention)
-    reinforce_scale: float = 0.1  # hard: the authors' code scales the REINFORCE gradient by 1/10
-    baseline_decay: float = 0.9  # b <- decay * b + (1 - decay) * log p(y|s,a)
-    expected_context_p: float = 0.5  # hard: probability per batch of using the expected context
     pad_id: int = 0
     bos_id: int = 1
     eos_id: int = 2
@@ -89,8 +84,6 @@ class ShowAttendTell(nn.Module):
             self.out_vocab = nn.Linear(c.embed_dim, c.vocab_size)
         else:
             self.out_vocab = nn.Linear(c.hidden_dim, c.vocab_size)
-        self.register_buffer("reinforce_baseline", torch.zeros(()))
-        self.register_buffer("reinforce_baseline_ready", torch.zeros((), dtype=torch.bool))
 
     # ---------------------------------------------------------------------------------- building blocks
     def encode(self, features: torch.Tensor) -> dict:
@@ -155,38 +148,31 @@ class ShowAttendTell(nn.Module):
         attention_mass = (alphas * mask.unsqueeze(-1)).sum(dim=1)  # (B, L)
         return ((1.0 - attention_mass) ** 2).sum(dim=1)
 
-    def loss(self, features: torch.Tensor, captions: torch.Tensor, image_index: torch.Tensor | None = None) -> dict:
-        """Training loss as in the paper: caption NLL summed over time + penalties, averaged over the batch."""
+    def loss(self, features: torch.Tensor, captions: torch.Tensor, image_index: torch.Tensor | None = None,
+             sample: bool = False) -> CaptionLoss:
+        """Training loss as in the paper: caption NLL summed over time + lambda * the doubly stochastic penalty,
+        averaged over the captions.
+
+        ``sample``: draw the attention location of each step (hard attention) instead of the expected context. The
+        REINFORCE term of hard attention is added by its objective (``captioner.training.reinforce``); ``extras`` then
+        carry what it needs, per caption and summed over the real steps: ``sentence_logp`` (log p(y | s, a)),
+        ``log_p_s`` and the attention ``entropy``.
+        """
         c = self.config
         targets = captions[:, 1:]
         mask = (targets != c.pad_id).float()
-        # under torchrun rank 0's draw decides for every rank: a global batch is sampled or expected as a whole
-        sample = (c.attention == "hard" and self.training
-                  and distributed.broadcast_from_main(torch.rand(())) >= c.expected_context_p)
-        out = self.forward(features, captions, sample=bool(sample), image_index=image_index)
+        out = self.forward(features, captions, sample=sample, image_index=image_index)
         token_logp = -F.cross_entropy(out["logits"].transpose(1, 2), targets, reduction="none") * mask
-        sentence_logp = token_logp.sum(1)  # log p(y | s, a) per caption
-        loss = -sentence_logp.mean()
+        sentence_logp = token_logp.sum(1)
         penalty = self.doubly_stochastic_penalty(out["alphas"], mask).mean()
-        loss = loss + c.doubly_stochastic * penalty
-        metrics = {"nll_per_token": float(-token_logp.detach().sum() / mask.sum()),
-                   "ds_penalty": float(penalty.detach())}
+        tokens = mask.sum()
+        extras = {"ds_penalty": penalty.detach()}
         if sample:
-            # REINFORCE on the attention locations, with the paper's moving-average baseline
-            reward = sentence_logp.detach()
-            mean_reward = distributed.global_mean(reward)  # of the global batch: the baseline stays equal on all ranks
-            if not self.reinforce_baseline_ready:  # start the average at the first reward, not at 0
-                self.reinforce_baseline.fill_(mean_reward)
-                self.reinforce_baseline_ready.fill_(True)
-            advantage = reward - self.reinforce_baseline
-            log_p_s = (out["log_p_s"] * mask).sum(1)
             entropy = -(out["alphas"] * torch.log(out["alphas"].clamp_min(1e-12))).sum(-1)
-            entropy = (entropy * mask).sum(1)
-            loss = loss - c.reinforce_scale * (advantage * log_p_s).mean() - c.entropy_weight * entropy.mean()
-            with torch.no_grad():
-                self.reinforce_baseline.mul_(c.baseline_decay).add_((1 - c.baseline_decay) * mean_reward)
-            metrics["baseline"] = float(self.reinforce_baseline)
-        return {"loss": loss, "tokens": mask.sum(), **metrics}
+            extras.update(sentence_logp=sentence_logp, log_p_s=(out["log_p_s"] * mask).sum(1),
+                          entropy=(entropy * mask).sum(1))
+        return CaptionLoss(loss=-sentence_logp.mean() + c.doubly_stochastic * penalty, tokens=tokens,
+                           nll_per_token=-token_logp.detach().sum() / tokens, extras=extras)
 
     # ------------------------------------------------------------------------------------ decoding
     def decoder(self, features: torch.Tensor) -> tuple[dict, "callable"]:
@@ -202,8 +188,3 @@ class ShowAttendTell(nn.Module):
             return F.log_softmax(logits.float(), dim=-1), {"h": h, "c": c, "static": state["static"]}, alpha
 
         return state, step
-
-    @staticmethod
-    def grid_side(num_locations: int) -> int:
-        side = int(math.isqrt(num_locations))
-        return side if side * side == num_locations else 0

@@ -7,10 +7,20 @@ import sys
 from pathlib import Path
 
 
+def manifest_for(karpathy_json: Path) -> Path:
+    """The image manifest of a Karpathy JSON, written beside it (what the workflow's image_manifest rule makes)."""
+    from captioner.data.manifest import write_from_karpathy
+
+    out = karpathy_json.with_name(karpathy_json.stem + ".manifest.json")
+    write_from_karpathy(karpathy_json, out)
+    return out
+
+
 def extract_command(karpathy_json: Path, image_root: Path, out: Path, image_size: int = 64, grid_size: int = 4,
                     *options: str) -> list[str]:
     """``python -m features extract`` of a small random-init ResNet-18 grid, float32, in the main process."""
-    return [sys.executable, "-m", "features", "extract", "--kind", "grid", "--karpathy-json", str(karpathy_json),
+    return [sys.executable, "-m", "features", "extract", "--kind", "grid", "--manifest",
+            str(manifest_for(karpathy_json)),
             "--image-root", str(image_root), "--out", str(out), "--backbone", "resnet18", "--image-size",
             str(image_size), "--grid-size", str(grid_size), "--batch-size", "4", "--num-workers", "0", "--device",
             "cpu", "--dtype", "float32", *options]

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner.scoring import spice_status
-from features.store import FeatureStore
+from captioner.evaluation.scoring import spice_status
+from features.store.reader import FeatureStore
 from tests.faults.helpers import clean_error, extract_command
 from tests.workflow_helpers import copy_workflow, edit_config, environment, snakemake
 
@@ -95,8 +95,8 @@ def image(cocoid: int, split: str, captions: list[str], **extra) -> dict:
 
 
 def prepare_text(source: Path, out: Path) -> subprocess.CompletedProcess:
-    return run("-m", "captioner", "prepare-text", "--karpathy-json", str(source), "--out-dir", str(out),
-               "--min-word-count", "1")
+    return run("-m", "captioner", "prepare-text", "--karpathy-json", str(source), "--vocab", str(out / "vocab.json"),
+               "--captions", str(out / "captions.json"), "--min-word-count", "1")
 
 
 @pytest.mark.parametrize("fault", ["missing_sentences", "missing_split", "duplicate_id", "not_json", "no_images"])

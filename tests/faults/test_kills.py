@@ -13,10 +13,10 @@ import h5py
 import numpy as np
 import pytest
 
-from captioner.checkpoint import load_checkpoint
-from captioner.demo_data import generate
-from features.store import FeatureStore
-from tests.faults.helpers import extract_command
+from captioner.data.demo import generate
+from captioner.models.checkpoint import load_checkpoint
+from features.store.reader import FeatureStore
+from tests.faults.helpers import extract_command, manifest_for
 from tests.training_helpers import HPARAMS, losses, train_command
 from tests.workflow_helpers import TINY_CONFIG, copy_workflow, environment, planned_jobs, snakemake
 
@@ -58,8 +58,8 @@ def test_extraction_killed_resumes_and_equals_an_uninterrupted_run(tmp_path):
                    capture_output=True, timeout=600)
     np.testing.assert_array_equal(store.gather(store.image_ids)["features"],
                                   FeatureStore(uninterrupted).gather(store.image_ids)["features"])
-    verify = subprocess.run([sys.executable, "-m", "features", "verify", str(out), "--split-file",
-                             str(demo / "dataset_coco.json")], check=False, capture_output=True, text=True)
+    verify = subprocess.run([sys.executable, "-m", "features", "verify", str(out), "--manifest",
+                             str(manifest_for(demo / "dataset_coco.json"))], check=False, capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout
 
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from captioner.demo_data import generate
-from captioner.training import Trainer, TrainingError
-from features.store import FeatureStore
+from captioner.data.demo import generate
+from captioner.training.trainer import Trainer, TrainingError
+from features.store.reader import FeatureStore
 from tests.faults.helpers import clean_error, extract_command
 from tests.training_helpers import HPARAMS, train_command
 

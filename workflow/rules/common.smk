@@ -4,7 +4,9 @@ import json
 import shlex
 from pathlib import Path
 
-from captioner.provenance import code_hash
+from captioner.models.registry import ModelName, model_module, objective_module
+from features.config import extractor_module
+from pipeline.provenance import code_hash
 
 PROJECT_ROOT = Path(workflow.basedir)
 # (braces doubled: snakemake formats the prefix like a shell command)
@@ -17,7 +19,11 @@ STORE_SUFFIX = {"hdf5": ".h5", "zarr": ".zarr"}[config["features"]["format"]]
 MODELS = list(config["models"])
 SPLIT = config["evaluate"]["split"]  # the split of the results tables
 EXTRA_SPLITS = [s for s in config["evaluate"]["extra_splits"] if s != SPLIT]  # decoded and scored too
-TABLES = [f"{RUN}/tables/scores.csv", f"{RUN}/tables/scores.md", f"{RUN}/tables/samples.md"]
+TABLES = [
+    f"{RUN}/tables/scores.csv",
+    f"{RUN}/tables/scores.md",
+    f"{RUN}/tables/samples.md",
+]
 
 if DEMO:
     KARPATHY_JSON = f"{RUN}/dataset/dataset_coco.json"
@@ -42,8 +48,17 @@ def store_path(kind):
     return f"{RUN}/features/{kind}{STORE_SUFFIX}"
 
 
+def model_name(model):
+    return ModelName.parse(model)
+
+
 def family(model):
-    return "sat" if model.startswith("sat_") else "m2"
+    return model_name(model).family
+
+
+def features_kind(model):
+    """The feature store a model reads (registry): grid or regions."""
+    return model_name(model).features
 
 
 def deep_merge(base, override):
@@ -67,8 +82,8 @@ def hparams(model):
 
 def train_gpus(model):
     """GPUs of one training job: train.gpus_per_job, one number for every model or one per family."""
-    gpus = config["train"].get("gpus_per_job", 1)
-    return gpus if isinstance(gpus, int) else gpus.get(family(model), 1)
+    gpus = config["train"]["gpus_per_job"]
+    return gpus if isinstance(gpus, int) else gpus[family(model)]
 
 
 def train_launcher(model):
@@ -76,11 +91,13 @@ def train_launcher(model):
     gpus = train_gpus(model)
     if gpus == 1:
         return "python -m"
-    key = "scst_batch_images" if "scst" in model else "batch_size"
+    key = "scst_batch_images" if model_name(model).objective == "scst" else "batch_size"
     batch = hparams(model).get(key)
     if batch is not None and batch % gpus:  # fail while planning, not when the job starts on the cluster
-        raise ValueError(f"{model}: {key} {batch} is the global batch and must be divisible by the {gpus} GPUs "
-                         "of train.gpus_per_job")
+        raise ValueError(
+            f"{model}: {key} {batch} is the global batch and must be divisible by the {gpus} GPUs "
+            "of train.gpus_per_job"
+        )
     return f"torchrun --standalone --nproc-per-node {gpus} -m"
 
 
@@ -90,8 +107,7 @@ def parent_dir(name):
 
 
 PRETRAINED_TRUNK = f"{RUN}/features/backbone.pt"
-PRETRAIN = {"backbone": "resnet18", "image_size": 256, "epochs": 8, "batch_size": 32, "lr": 0.001, "seed": 0,
-            "precision": "auto", **config["features"].get("pretrain", {})}
+PRETRAIN = config["features"]["pretrain"]  # defaults filled by the schema
 
 
 def weights_path(kind):
@@ -100,18 +116,25 @@ def weights_path(kind):
     if weights != "pretrain":
         return weights
     if config["features"][kind]["backbone"] != PRETRAIN["backbone"]:
-        raise ValueError(f"features.{kind}.weights is 'pretrain' but features.{kind}.backbone "
-                         f"({config['features'][kind]['backbone']}) differs from features.pretrain.backbone "
-                         f"({PRETRAIN['backbone']})")
+        raise ValueError(
+            f"features.{kind}.weights is 'pretrain' but features.{kind}.backbone "
+            f"({config['features'][kind]['backbone']}) differs from features.pretrain.backbone "
+            f"({PRETRAIN['backbone']})"
+        )
     if not BOXES_JSON:
-        raise ValueError("features.*.weights 'pretrain' needs labelled boxes: the demo dataset, or "
-                         "features.regions.boxes_json with a 'labels' list per image")
+        raise ValueError(
+            "features.*.weights 'pretrain' needs labelled boxes: the demo dataset, or "
+            "features.regions.boxes_json with a 'labels' list per image"
+        )
     return PRETRAINED_TRUNK
+
+
+MANIFEST = f"{RUN}/text/images.json"
 
 
 def extract_inputs(wildcards):
     # demo images are a rule output; a COCO image root is a fixed external folder (not tracked file by file)
-    inputs = {"json": KARPATHY_JSON}
+    inputs = {"manifest": MANIFEST}
     if DEMO:
         inputs["images"] = f"{RUN}/dataset/images"
     if wildcards.kind == "regions" and config["features"]["regions"]["boxes"] == "given":
@@ -127,6 +150,7 @@ def extract_args(kind):
     k = f[kind]
     args = (
         f"--image-root {IMAGE_ROOT} --backbone {k['backbone']} --weights {shlex.quote(weights_path(kind))}"
+        f" --seed {k['seed']}"
         f" --batch-size {f['batch_size']} --num-workers {f['num_workers']} --device {f['device']}"
         f" --dtype {f['dtype']} --on-error {f['on_error']}"
     )
@@ -137,12 +161,20 @@ def extract_args(kind):
     args += f" --min-size {k['min_size']} --max-size {k['max_size']} --max-boxes {k['max_boxes']}"
     if k["boxes"] == "given":
         return args + f" --boxes {BOXES_JSON}"
-    detector = {"min_boxes": 10, "conf_thresh": 0.2, "nms_thresh": 0.3, "pre_nms_top_n": 6000, "post_nms_top_n": 300}
-    detector.update({key: k[key] for key in detector if key in k})
-    if k.get("backend", "torchvision") == "detectron2":
-        detector.update(backend="detectron2", detectron2_config=shlex.quote(k.get("detectron2_config", "")))
+    keys = ("min_boxes", "conf_thresh", "nms_thresh", "pre_nms_top_n", "post_nms_top_n")
+    detector = {key: k[key] for key in keys}  # defaults filled by the schema
+    if k["backend"] == "detectron2":
+        detector.update(backend="detectron2", detectron2_config=shlex.quote(k["detectron2_config"]))
     options = "".join(f" --{key.replace('_', '-')} {value}" for key, value in detector.items())
     return f"{args} --box-source detector{options}"
+
+
+def extract_code(kind):
+    """The extraction loop and the one extractor module this kind runs (not the other kinds')."""
+    return code(
+        "features.extract",
+        extractor_module(kind, config["features"]["regions"]["boxes"]),
+    )
 
 
 def shard_path(kind, shard):
@@ -151,12 +183,13 @@ def shard_path(kind, shard):
 
 def train_inputs(wildcards):
     inputs = {
-        "features": store_path("grid" if family(wildcards.model) == "sat" else "regions"),
+        "features": store_path(features_kind(wildcards.model)),
         "captions": f"{RUN}/text/captions.json",
         "vocab": f"{RUN}/text/vocab.json",
     }
-    if "m2_scst" in wildcards.model:
-        inputs["init"] = f"{RUN}/models/{scst_parent(wildcards.model)}/checkpoint.pt"
+    parent = model_name(wildcards.model).init_from
+    if parent:
+        inputs["init"] = f"{RUN}/models/{parent}/checkpoint.pt"
     return inputs
 
 
@@ -172,9 +205,9 @@ def attention_inputs(wildcards):
 
 
 def attention_outputs():
-    """The SAT attention figures of every sighted SAT model (blind models attend to nothing)."""
+    """The attention figures of every sighted model that attends over grid cells (blind models attend to nothing)."""
     count = config["evaluate"]["attention_maps"]
-    sat_models = [m for m in MODELS if m.startswith("sat_") and not m.endswith("_blind")]
+    sat_models = [m for m in MODELS if model_name(m).spec.attention_maps and not model_name(m).blind]
     return [f"{RUN}/eval/{m}/attention/{i:02d}.png" for m in sat_models for i in range(count)]
 
 
@@ -182,12 +215,17 @@ def json_arg(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def scst_parent(model):
-    """m2_scst starts from m2_xe's best weights (m2_scst_blind from m2_xe_blind)."""
-    return model.replace("m2_scst", "m2_xe")
+def models_and_parents(models):
+    """The configured models and those they start from (m2_scst needs m2_xe's best weights)."""
+    needed = set()
+    for model in models:
+        while model:
+            needed.add(model)
+            model = model_name(model).init_from
+    return sorted(needed)
 
 
-BUILDABLE_MODELS = sorted(set(MODELS) | {scst_parent(m) for m in MODELS})
+BUILDABLE_MODELS = models_and_parents(MODELS)
 
 
 def extra_split_scores():

@@ -10,85 +10,66 @@ wildcard_constraints:
     shard=r"\d+",
 
 
-
 rule pretrain_backbone:
     # only when features.grid/regions.weights is "pretrain": the offline stand-in for ImageNet weights
     input:
-        json=KARPATHY_JSON,
+        manifest=MANIFEST,
         boxes=BOXES_JSON or [],
         images=f"{RUN}/dataset/images" if DEMO else [],
     output:
         trunk=PRETRAINED_TRUNK,
         report=PRETRAINED_TRUNK.removesuffix(".pt") + ".json",
-    params:
-        args=" ".join(f"--{key.replace('_', '-')} {value}" for key, value in sorted(PRETRAIN.items()))
-        + f" --image-root {IMAGE_ROOT} --device {config['features']['device']}",
-        code=code("features.pretrain"),
-    threads: config["features"]["threads"]
-    resources:
-        gpu=1,
     log:
         f"{LOGS}/pretrain_backbone.log",
     conda:
         "../../envs/features.yaml"
+    threads: config["features"]["threads"]
+    resources:
+        gpu=1,
+    params:
+        args=" ".join(f"--{key.replace('_', '-')} {value}" for key, value in sorted(PRETRAIN.items()))
+        + f" --image-root {IMAGE_ROOT} --device {config['features']['device']}",
+        code=code("features.pretrain"),
     shell:
-        "python -m features pretrain --karpathy-json {input.json} --boxes {input.boxes} --out {output.trunk}"
-        " {params.args} --threads {threads} 2> {log}"
+        "python -m features pretrain --manifest {input.manifest} --boxes {input.boxes} --out {output.trunk}"
+        " --report {output.report} {params.args} --threads {threads} 2> {log}"
 
 
-if SHARDS == 1:
+rule extract_features:
+    # one job per kind, or per kind and shard when features.shards > 1 (then merge_features joins them)
+    input:
+        unpack(extract_inputs),
+    output:
+        store_output("{kind}") if SHARDS == 1 else shard_path("{kind}", "{shard}"),
+    log:
+        f"{LOGS}/extract_features/{{kind}}.log" if SHARDS == 1 else f"{LOGS}/extract_features/{{kind}}.{{shard}}.log",
+    conda:
+        "../../envs/features.yaml"
+    threads: config["features"]["threads"]
+    resources:
+        gpu=1,
+    params:
+        args=lambda wc: extract_args(wc.kind),
+        shard=lambda wc: wc.get("shard", 0),
+        shards=SHARDS,
+        code=lambda wc: extract_code(wc.kind),
+    shell:
+        "python -m features extract --kind {wildcards.kind} --manifest {input.manifest} --out {output}"
+        " {params.args} --shard {params.shard} --num-shards {params.shards} --threads {threads} 2> {log}"
 
-    rule extract_features:
-        input:
-            unpack(extract_inputs),
-        output:
-            store_output("{kind}"),
-        params:
-            args=lambda wc: extract_args(wc.kind),
-            code=code("features.extract"),
-        threads: config["features"]["threads"]
-        resources:
-            gpu=1,
-        log:
-            f"{LOGS}/extract_features/{{kind}}.log",
-        conda:
-            "../../envs/features.yaml"
-        shell:
-            "python -m features extract --kind {wildcards.kind} --karpathy-json {input.json} --out {output}"
-            " {params.args} --threads {threads} 2> {log}"
 
-else:
-
-    rule extract_features:
-        input:
-            unpack(extract_inputs),
-        output:
-            shard_path("{kind}", "{shard}"),
-        params:
-            args=lambda wc: extract_args(wc.kind),
-            shards=SHARDS,
-            code=code("features.extract"),
-        threads: config["features"]["threads"]
-        resources:
-            gpu=1,
-        log:
-            f"{LOGS}/extract_features/{{kind}}.{{shard}}.log",
-        conda:
-            "../../envs/features.yaml"
-        shell:
-            "python -m features extract --kind {wildcards.kind} --karpathy-json {input.json} --out {output}"
-            " {params.args} --shard {wildcards.shard} --num-shards {params.shards} --threads {threads} 2> {log}"
+if SHARDS > 1:
 
     rule merge_features:
         input:
             lambda wc: [shard_path(wc.kind, i) for i in range(SHARDS)],
         output:
             store_output("{kind}"),
-        params:
-            code=code("features.store"),
         log:
             f"{LOGS}/merge_features/{{kind}}.log",
         conda:
             "../../envs/features.yaml"
+        params:
+            code=code("features.store.merge"),
         shell:
             "python -m features merge --out {output} {input} 2> {log}"

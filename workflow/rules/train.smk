@@ -7,22 +7,28 @@ rule train:
     output:
         checkpoint=f"{RUN}/models/{{model}}/checkpoint.pt",
         metrics=f"{RUN}/models/{{model}}/metrics.csv",
-        curve=report(f"{RUN}/models/{{model}}/curve.png", category="Training curves", labels={"model": "{model}"}),
+        curve=report(
+            f"{RUN}/models/{{model}}/curve.png",
+            caption="../report/curve.rst",
+            category="Training curves",
+            labels={"model": "{model}"},
+        ),
+    log:
+        f"{LOGS}/train/{{model}}.log",
+    conda:
+        "../../envs/train.yaml"
+    threads: config["train"]["threads"]
+    resources:
+        gpu=lambda wc: train_gpus(wc.model),
     params:
         hparams=lambda wc: json_arg(hparams(wc.model)),
         init=lambda wc, input: f"--init {input.init}" if "init" in input.keys() else "",
         out_dir=parent_dir("checkpoint"),
         device=config["train"]["device"],
-        code=lambda wc: code("captioner.training", f"captioner.models.{family(wc.model)}"),
+        code=lambda wc: code("captioner.training.trainer", model_module(wc.model), objective_module(wc.model)),
         launch=lambda wc: train_launcher(wc.model),
-    threads: config["train"]["threads"]
-    resources:
-        gpu=lambda wc: train_gpus(wc.model),
-    log:
-        f"{LOGS}/train/{{model}}.log",
-    conda:
-        "../../envs/train.yaml"
     shell:
         "{params.launch} captioner train --model {wildcards.model} --features {input.features}"
         " --captions {input.captions} --vocab {input.vocab} --hparams {params.hparams:q} {params.init}"
-        " --out-dir {params.out_dir} --threads {threads} --device {params.device} 2> {log}"
+        " --out-dir {params.out_dir} --checkpoint {output.checkpoint} --metrics {output.metrics}"
+        " --curve {output.curve} --threads {threads} --device {params.device} 2> {log}"

@@ -1,0 +1,1 @@
+"""Applications on trained models: caption your own images, import the M² authors' released weights."""

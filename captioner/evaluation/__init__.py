@@ -1,0 +1,1 @@
+"""Stage 3: beam-search decoding, pycocoevalcap scoring, results tables, attention figures."""

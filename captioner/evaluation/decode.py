@@ -1,0 +1,70 @@
+"""``python -m captioner decode``: beam-search one split with a trained model into COCO-format predictions and a
+per-image beams file (caption, beam log-probability)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from captioner.data.vocab import load_captions
+from captioner.models.beam_search import beam_search, collapse_repeats
+from captioner.models.checkpoint import load_for_inference
+from features.store.reader import FeatureStore
+from pipeline.atomic import write_json
+from pipeline.config import defaults
+from pipeline.errors import InputError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--features", required=True)
+    parser.add_argument("--captions", required=True)
+    evaluate = defaults("evaluate")
+    parser.add_argument("--split", default=evaluate["split"])
+    parser.add_argument("--beam-size", type=int, default=evaluate["beam_size"])
+    parser.add_argument("--max-length", type=int, default=evaluate["max_length"])
+    parser.add_argument("--batch-size", type=int, default=evaluate["batch_size"])
+    parser.add_argument("--length-normalization", type=float, default=evaluate["length_normalization"],
+                        help="rank finished beams by logprob / length**a (0: plain sum)")
+    parser.add_argument("--out", required=True, help="predictions JSON (COCO results format)")
+    parser.add_argument("--beams-out", help="also write the beams JSON here: per image the caption, its log-probability "
+                                            "and ranking score, with the model, epoch and beam size")
+    parser.add_argument("--threads", type=int, default=defaults("train")["threads"])
+    parser.add_argument("--device", default=defaults("train")["device"])
+
+
+def run(args) -> None:
+    torch.set_num_threads(args.threads)
+    if args.beam_size < 1 or args.max_length < 1:
+        raise InputError("beam size and max length must be >= 1")
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    bundle = load_for_inference(args.checkpoint, device)
+    store = FeatureStore(args.features)  # the split is read once, batch by batch: no need to hold the store in RAM
+    images = load_captions(args.captions)["splits"][args.split]
+    ids = [item["image_id"] for item in images]
+    store.check_ids(ids)
+    predictions, beams = [], []
+    with torch.inference_mode():
+        for start in range(0, len(ids), args.batch_size):
+            batch_ids = ids[start:start + args.batch_size]
+            state, step = bundle.model.decoder(**bundle.inputs(store.gather(batch_ids)))
+            result = beam_search(state, step, len(batch_ids), args.beam_size, args.max_length,
+                                 bundle.vocab.bos_id, bundle.vocab.eos_id, bundle.vocab.pad_id,
+                                 length_normalization=args.length_normalization)
+            for i, image_id in enumerate(batch_ids):
+                words = bundle.vocab.decode(result.tokens[i, 0].tolist()).split()
+                if bundle.collapse_repeats:
+                    words = collapse_repeats(words)
+                caption = " ".join(words)
+                predictions.append({"image_id": int(image_id), "caption": caption})
+                beams.append({"image_id": int(image_id), "caption": caption,
+                              "logprob": float(result.logprob[i, 0]), "score": float(result.scores[i, 0])})
+    write_json(args.out, predictions)
+    if args.beams_out:
+        write_json(args.beams_out, {"model": bundle.name, "epoch": bundle.epoch, "beam_size": args.beam_size,
+                                    "max_length": args.max_length, "split": args.split, "images": beams})
+    print(f"decoded {len(predictions)} {args.split} images with {bundle.name} (beam {args.beam_size}) -> {args.out}",
+          file=sys.stderr)

@@ -32,14 +32,15 @@ def build_detector(config: ExtractorConfig, device: torch.device):
     detector_config = DetectorConfig(
         backbone=config.backbone, min_size=config.min_size, max_size=config.max_size,
         pre_nms_top_n=config.pre_nms_top_n, post_nms_top_n=config.post_nms_top_n, nms_thresh=config.nms_thresh,
-        conf_thresh=config.conf_thresh, min_boxes=config.min_boxes, max_boxes=config.max_boxes)
+        conf_thresh=config.conf_thresh, min_boxes=config.min_boxes, max_boxes=config.max_boxes,
+        trunk_precision=config.precision)
     torch.manual_seed(config.seed)
     model = BottomUpDetector(detector_config)
     record = {"weights": config.weights, "sha256": None}
     if config.weights == "none":
         record["note"] = f"random init, torch seed {config.seed}"
     elif Path(config.weights).is_file():
-        record["unused_keys"] = load_detectron2_checkpoint(model, config.weights)["unused_keys"]
+        record.update(load_detectron2_checkpoint(model, config.weights))  # unused keys, where the anchors came from
         record["sha256"] = sha256_of(config.weights)
     else:
         raise InputError(f"detector weights {config.weights!r}: give 'none' or the path of a detectron2-format "

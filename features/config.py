@@ -28,6 +28,7 @@ class ExtractorConfig:
     max_boxes: int = REGIONS["max_boxes"]
     boxes: str = "given"  # regions: given (boxes JSON) | detector (bottom-up Faster R-CNN)
     backend: str = REGIONS["backend"]  # detector: torchvision (built here) | detectron2 (optional install)
+    precision: str = REGIONS["precision"]  # regions: the trunk's arithmetic (fp32 | bf16); the box path is fp32
     detectron2_config: str = REGIONS["detectron2_config"]  # detector + detectron2: the model's config file
     min_boxes: int = REGIONS["min_boxes"]  # detector: BUTD rule
     conf_thresh: float = REGIONS["conf_thresh"]
@@ -41,6 +42,8 @@ class ExtractorConfig:
             raise InputError(f"kind must be grid or regions, not {self.kind!r}")
         if self.boxes not in ("given", "detector"):
             raise InputError(f"boxes must be given or detector, not {self.boxes!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise InputError(f"precision must be fp32 or bf16, not {self.precision!r}")
         if self.backbone not in BACKBONES:
             raise InputError(f"backbone must be one of {BACKBONES}, not {self.backbone!r}")
 

@@ -16,6 +16,7 @@ MILVLG/bottom-up-attention.pytorch ("caffe" mode), so its checkpoints load by a 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class DetectorConfig:
     min_boxes: int = REGIONS["min_boxes"]
     max_boxes: int = REGIONS["max_boxes"]
     boxes_from: str = "proposals"  # proposals (BUTD) | regressed
+    trunk_precision: str = REGIONS["precision"]  # fp32 (MILVLG) | bf16: stem..res4 under bf16 autocast
 
 
 def caffe_cell_anchors(base: int = 16, ratios=(0.5, 1.0, 2.0), scales=(4, 8, 16, 32)) -> torch.Tensor:
@@ -79,15 +81,21 @@ def decode_boxes(deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
 
 
 def caffe_preprocess(rgb: np.ndarray, min_size: int, max_size: int) -> tuple[torch.Tensor, float]:
-    """uint8 RGB (H, W, 3) -> mean-subtracted BGR (3, H', W') at the test scale, and the scale."""
+    """uint8 RGB (H, W, 3) -> mean-subtracted BGR (3, H', W') at the test scale, and the scale.
+
+    The resize is BUTD's ``cv2.resize(im, None, fx=scale, fy=scale, interpolation=INTER_LINEAR)`` on the float image:
+    the output size is ``round(side * scale)`` (half to even, as OpenCV's ``cvRound``) and source coordinates are
+    ``(x + 0.5) / scale - 0.5`` with the exact scale, not the ratio of the rounded sizes (which
+    ``F.interpolate(size=...)`` would use: up to 10 grey levels apart on 427x640 images).
+    """
     height, width = rgb.shape[:2]
     scale = min_size / min(height, width)
-    if round(scale * max(height, width)) > max_size:
+    if round(scale * max(height, width)) > max_size:  # py-faster-rcnn's test (np.round, half to even)
         scale = max_size / max(height, width)
     bgr = torch.from_numpy(np.ascontiguousarray(rgb[:, :, ::-1])).permute(2, 0, 1).float()
     bgr -= torch.tensor(CAFFE_PIXEL_MEAN_BGR).view(3, 1, 1)  # subtracted before resizing, as BUTD
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    resized = F.interpolate(bgr[None], size=size, mode="bilinear", align_corners=False)[0]
+    size = [max(1, round(height * scale)), max(1, round(width * scale))]
+    resized = torch.ops.aten.upsample_bilinear2d.default(bgr[None], size, False, scale, scale)[0]
     return resized, scale
 
 
@@ -158,16 +166,28 @@ class BottomUpDetector(nn.Module):
         return boxes[keep[: c.post_nms_top_n]]
 
     def box_features(self, res4: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        pooled = roi_pool(res4, [boxes.to(res4.dtype)], output_size=(14, 14), spatial_scale=1.0 / 16)
+        pooled = roi_pool(res4, [boxes.to(res4.dtype)], output_size=(14, 14), spatial_scale=1.0 / 16)  # fp32 here
         return self.res5(pooled).mean(dim=(2, 3))
 
     @torch.no_grad()
     def detect(self, image: torch.Tensor, scale: float, original_hw: tuple[int, int]) -> dict:
-        """One preprocessed image (3, H, W) -> BUTD regions in original-image pixels."""
+        """One preprocessed image (3, H, W) -> BUTD regions in original-image pixels.
+
+        Everything from res4 on (RPN, box decoding, RoI pooling, res5, class scores, box selection) runs in fp32
+        whatever autocast the caller set: in bf16, box coordinates round by up to 2 px at COCO scales and a third
+        of the boxes pool other cells. ``trunk_precision: bf16`` runs only the trunk under bf16 autocast.
+        """
         c = self.config
-        res4 = self.res4(self.res3(self.res2(self.stem(image[None]))))
+        device = image.device.type
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=c.trunk_precision == "bf16"):
+            res4 = self.res4(self.res3(self.res2(self.stem(image[None]))))
+        with torch.autocast(device, enabled=False):
+            return self._regions(res4.float(), image, scale, original_hw)
+
+    def _regions(self, res4: torch.Tensor, image: torch.Tensor, scale: float, original_hw: tuple[int, int]) -> dict:
+        c = self.config
         proposals = self.proposals(res4, tuple(image.shape[1:]), scale)
-        feats = self.box_features(res4, proposals).float()
+        feats = self.box_features(res4, proposals)
         class_scores = self.cls_score(feats).softmax(dim=-1)
         boxes = proposals / scale  # BUTD selects on, and saves, the raw proposals in original pixels
         selection = select_boxes(boxes, class_scores, c.nms_thresh, c.conf_thresh, c.min_boxes, c.max_boxes)
@@ -202,6 +222,9 @@ _FIXED = {
     "roi_heads.box_predictor.bbox_pred.bias": "bbox_pred.bias",
 }
 _IGNORED_PREFIXES = ("roi_heads.box_predictor.cls_embed", "roi_heads.box_predictor.attr_linear")  # attribute head
+# buffers newer detectron2 versions save that hold no weights of the network (its input normalisation is Caffe's)
+_HARMLESS = ("pixel_mean", "pixel_std")
+ANCHORS_KEY = "proposal_generator.anchor_generator.cell_anchors.0"
 
 
 def detectron2_to_ours(key: str) -> str | None:
@@ -213,7 +236,7 @@ def detectron2_to_ours(key: str) -> str | None:
     """
     if key in _FIXED:
         return _FIXED[key]
-    if key.startswith(_IGNORED_PREFIXES) or key.endswith("num_batches_tracked"):
+    if key.startswith(_IGNORED_PREFIXES) or key.endswith("num_batches_tracked") or key in _HARMLESS:
         return None
     if key.startswith("backbone.stem.conv1.norm."):
         return "stem.1." + key.rsplit(".", 1)[1]
@@ -248,11 +271,30 @@ def load_detectron2_checkpoint(model: BottomUpDetector, path: str | Path) -> dic
             continue
         converted[ours] = torch.as_tensor(np.asarray(value)) if not isinstance(value, torch.Tensor) else value
     expected = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
+    anchors = "checkpoint"
+    if "cell_anchors" not in converted:
+        # detectron2 stopped saving the anchor buffer in May 2021: a checkpoint re-saved since has none, and the
+        # config's sizes would give 3-23 px anchors. The Visual-Genome detector was trained with these.
+        anchors = "py-faster-rcnn (scales 4, 8, 16, 32 x ratios 0.5, 1, 2 at stride 16; not in the checkpoint)"
+        print(f"note: {path} holds no {ANCHORS_KEY}; using the {anchors} anchors", file=sys.stderr)
+        expected.discard("cell_anchors")
     missing = sorted(expected - set(converted))
     if missing:
         raise InputError(f"{path}: checkpoint lacks {len(missing)} detector weights, e.g. {missing[:5]}")
+    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(model.state_dict()[k].shape)})" for k, v in converted.items()
+             if tuple(v.shape) != tuple(model.state_dict()[k].shape)]
+    if wrong:
+        raise InputError(f"{path}: {len(wrong)} weights do not fit this detector ({config_name(model)}), "
+                         f"e.g. {wrong[:3]}")
+    harmless = [k for k in unused if k in _HARMLESS]
+    if harmless:
+        print(f"note: {path}: ignoring {', '.join(harmless)} (not weights of the network)", file=sys.stderr)
     model.load_state_dict(converted, strict=False)
-    return {"unused_keys": unused}
+    return {"unused_keys": unused, "anchors": anchors}
+
+
+def config_name(model: BottomUpDetector) -> str:
+    return f"{model.config.backbone}, {model.config.num_classes} classes"
 
 
 def ours_to_detectron2(state: dict) -> dict:

@@ -128,8 +128,7 @@ def extract(manifest: str | Path, image_root: str | Path, out: str | Path, confi
                         pin_memory=device.type == "cuda", persistent_workers=False)
     errors: list[dict] = []
     done = 0
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    with torch.inference_mode(), autocast, tqdm(total=len(todo), unit="img", desc=f"{config.kind} features",
+    with torch.inference_mode(), tqdm(total=len(todo), unit="img", desc=f"{config.kind} features",
                                                 file=sys.stderr, mininterval=5) as progress:
         for batch in loader:
             errors += batch["errors"]
@@ -184,6 +183,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="detector: RPN proposals before NMS")
     parser.add_argument("--post-nms-top-n", type=int, default=config["post_nms_top_n"],
                         help="detector: RPN proposals kept")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default=config["precision"],
+                        help="regions: the trunk's arithmetic; boxes, RoI pooling and the head stay fp32")
     parser.add_argument("--seed", type=int, default=config["seed"], help="the seed of weights none")
     options = {f.name: f.default for f in fields(RunOptions)}
     parser.add_argument("--batch-size", type=int, default=options["batch_size"])
@@ -205,7 +206,7 @@ def run(args) -> None:
                              max_size=args.max_size, max_boxes=args.max_boxes, seed=args.seed,
                              boxes=args.box_source, min_boxes=args.min_boxes, conf_thresh=args.conf_thresh,
                              nms_thresh=args.nms_thresh, pre_nms_top_n=args.pre_nms_top_n,
-                             post_nms_top_n=args.post_nms_top_n, backend=args.backend,
+                             post_nms_top_n=args.post_nms_top_n, backend=args.backend, precision=args.precision,
                              detectron2_config=args.detectron2_config)
     options = RunOptions(batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
                          dtype=args.dtype, compression=args.compression, on_error=args.on_error, limit=args.limit)

@@ -29,10 +29,16 @@ class RegionExtractor(torch.nn.Module):
         self.trunk = trunk(resnet, "layer3")
         self.res5 = resnet.layer4
 
-    def forward(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> list[torch.Tensor]:
-        maps = self.trunk(images)
-        pooled = torchvision.ops.roi_pool(maps, boxes, output_size=(14, 14), spatial_scale=1.0 / 16)
-        vectors = self.res5(pooled).mean(dim=(2, 3))
+    def forward(self, images: torch.Tensor, boxes: list[torch.Tensor], trunk_bf16: bool = False) -> list[torch.Tensor]:
+        """The trunk in bf16 when asked; box coordinates, RoI pooling and res5 in fp32 whatever the caller's
+        autocast (bf16 boxes round by up to 2 px at COCO scales)."""
+        device = images.device.type
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=trunk_bf16):
+            maps = self.trunk(images)
+        with torch.autocast(device, enabled=False):
+            pooled = torchvision.ops.roi_pool(maps.float(), [b.float() for b in boxes], output_size=(14, 14),
+                                              spatial_scale=1.0 / 16)
+            vectors = self.res5(pooled).mean(dim=(2, 3))
         return list(vectors.split([len(b) for b in boxes]))
 
 
@@ -68,7 +74,8 @@ class GivenBoxes:
 
     def __call__(self, batch: dict) -> dict:
         scaled = [(b * s).to(self.device) for b, s in zip(batch["boxes"], batch["scales"])]
-        vectors = self.model(to_device(batch["images"], self.device), scaled)  # the whole batch pooled at once
+        vectors = self.model(to_device(batch["images"], self.device), scaled,  # the whole batch pooled at once
+                             trunk_bf16=self.config.precision == "bf16")
         pieces = [(v.float().cpu().numpy(), b.numpy(), None, None) for v, b in zip(vectors, batch["boxes"])]
         return region_rows(pieces, batch["hw"], self.rows, self.feature_dim)
 

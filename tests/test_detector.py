@@ -110,3 +110,86 @@ def test_detectron2_backend_output_contract():
     detector = Detectron2Detector(config_file, "", 128, 192, 0.3, 0.2, 4, 12, torch.device("cpu"), 300, 40)
     found = detector.detect((np.random.default_rng(0).random((90, 160, 3)) * 255).astype(np.uint8))
     assert found["features"].shape[1] == 2048 and 1 <= len(found["features"]) <= 12
+
+
+@pytest.mark.parametrize("height, width", [(427, 640), (640, 427), (500, 375), (612, 612), (1200, 1600), (37, 41)])
+def test_preprocessing_resizes_exactly_as_butd_cv2_resize(height, width):
+    """BUTD resizes the mean-subtracted float image with cv2.resize(fx=scale, INTER_LINEAR): the same output size
+    and, within float rounding, the same samples (427x640 is the common COCO size where a resize to the rounded
+    size is off by grey levels)."""
+    cv2 = pytest.importorskip("cv2", reason="opencv-python-headless (a test extra) compares the resize")
+    from features.detector import CAFFE_PIXEL_MEAN_BGR, caffe_preprocess
+
+    ys, xs = np.mgrid[0:height, 0:width]
+    texture = (127 + 120 * np.sin(xs / 3.0) * np.cos(ys / 5.0))[..., None] * np.ones(3)  # edges in every direction
+    rgb = np.clip(texture + np.random.default_rng(0).normal(0, 8, (height, width, 3)), 0, 255).astype(np.uint8)
+    ours, scale = caffe_preprocess(rgb, 600, 1000)
+    image = rgb[:, :, ::-1].astype(np.float32) - np.asarray(CAFFE_PIXEL_MEAN_BGR, dtype=np.float32)
+    if round(scale * max(height, width)) > 1000:
+        assert scale == 1000 / max(height, width)
+    expected = cv2.resize(image, None, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    assert ours.permute(1, 2, 0).shape == expected.shape
+    np.testing.assert_allclose(ours.permute(1, 2, 0).numpy(), expected, atol=0.05)
+
+
+def test_a_checkpoint_without_the_anchor_buffer_or_with_harmless_extras_loads_with_a_note(tmp_path, capsys):
+    """detectron2 stopped saving ``cell_anchors`` in 2021 and newer versions save ``pixel_mean``/``pixel_std``: such a
+    re-saved checkpoint loads with the py-faster-rcnn anchors and says so; weights that do not fit are refused."""
+    source, target = small_detector(0), small_detector(1)
+    state = ours_to_detectron2(source.state_dict())
+    del state["proposal_generator.anchor_generator.cell_anchors.0"]
+    state["pixel_mean"], state["pixel_std"] = torch.zeros(3, 1, 1), torch.ones(3, 1, 1)
+    torch.save({"model": state}, tmp_path / "resaved.pth")
+    report = load_detectron2_checkpoint(target, tmp_path / "resaved.pth")
+    notes = capsys.readouterr().err
+    assert "cell_anchors" in notes and "py-faster-rcnn" in notes and "pixel_mean" in notes
+    assert report["anchors"].startswith("py-faster-rcnn") and {"pixel_mean", "pixel_std"} <= set(report["unused_keys"])
+    assert torch.equal(target.cell_anchors, caffe_cell_anchors())
+    rgb = (np.random.default_rng(0).random((100, 150, 3)) * 255).astype(np.uint8)
+    image, scale = source.preprocess(rgb)
+    a, b = source.detect(image, scale, (100, 150)), target.detect(image, scale, (100, 150))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+    state["roi_heads.box_predictor.cls_score.weight"] = torch.zeros(7, 2048)  # another label set
+    torch.save({"model": state}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match=r"cls_score.weight \(7, 2048\)"):
+        load_detectron2_checkpoint(small_detector(2), tmp_path / "other.pth")
+    state = ours_to_detectron2(source.state_dict())
+    state["roi_heads.box_head.fc1.weight"] = torch.zeros(4, 4)  # a layer this detector does not have
+    torch.save({"model": state}, tmp_path / "fpn.pth")
+    with pytest.raises(ValueError, match="roi_heads.box_head.fc1.weight"):
+        load_detectron2_checkpoint(small_detector(2), tmp_path / "fpn.pth")
+
+
+def test_the_box_path_stays_fp32_under_the_callers_autocast():
+    """Under an outer bf16 autocast (the GPU default of the other extractors) proposals, pooled features, class
+    scores and selected boxes equal the fp32 run exactly; ``trunk_precision: bf16`` changes only the trunk."""
+    detector = small_detector(0, anchors_as_proposals=True)
+    rgb = (np.random.default_rng(1).random((120, 160, 3)) * 255).astype(np.uint8)
+    image, scale = detector.preprocess(rgb)
+    plain = detector.detect(image, scale, (120, 160))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        wrapped = detector.detect(image, scale, (120, 160))
+    for key in plain:
+        assert wrapped[key].dtype == plain[key].dtype and torch.equal(wrapped[key], plain[key]), key
+    assert plain["features"].dtype == torch.float32
+    detector.config.trunk_precision = "bf16"
+    mixed = detector.detect(image, scale, (120, 160))
+    assert mixed["features"].dtype == torch.float32 and mixed["boxes"].dtype == torch.float32
+    assert not torch.equal(mixed["features"], plain["features"])  # the trunk really ran in bf16
+
+
+@pytest.mark.parametrize("height, width", [(480, 640), (375, 500), (612, 612)])
+def test_preprocessing_is_unchanged_where_the_old_resize_was_already_right(height, width):
+    """Where side x scale is a whole number the ratio of the rounded sizes is the exact scale: the cv2-exact resize
+    gives bit for bit what a resize to the output size gave before (so boxes and features there are unchanged)."""
+    import torch.nn.functional as F
+
+    from features.detector import CAFFE_PIXEL_MEAN_BGR, caffe_preprocess
+
+    rgb = (np.random.default_rng(0).random((height, width, 3)) * 255).astype(np.uint8)
+    ours, _ = caffe_preprocess(rgb, 600, 1000)
+    bgr = torch.from_numpy(np.ascontiguousarray(rgb[:, :, ::-1])).permute(2, 0, 1).float()
+    bgr -= torch.tensor(CAFFE_PIXEL_MEAN_BGR).view(3, 1, 1)
+    before = F.interpolate(bgr[None], size=tuple(ours.shape[1:]), mode="bilinear", align_corners=False)[0]
+    assert torch.equal(ours, before)

@@ -159,6 +159,7 @@ def extract_args(kind):
     if kind == "grid":
         return args + f" --image-size {k['image_size']} --grid-size {k['grid_size']}"
     args += f" --min-size {k['min_size']} --max-size {k['max_size']} --max-boxes {k['max_boxes']}"
+    args += f" --precision {k['precision']}"
     if k["boxes"] == "given":
         return args + f" --boxes {BOXES_JSON}"
     keys = ("min_boxes", "conf_thresh", "nms_thresh", "pre_nms_top_n", "post_nms_top_n")

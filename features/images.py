@@ -36,6 +36,8 @@ def load_rgb(path: str | Path) -> Image.Image:
                 background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 image = Image.alpha_composite(background, rgba)
             return image.convert("RGB")
+    except Image.DecompressionBombError as error:  # Pillow's safety limit: a declared size of > 2 x MAX_IMAGE_PIXELS
+        raise ImageError(f"{path}: larger than Pillow allows decoding ({error})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"{path}: cannot decode image ({error})") from None
 

@@ -17,11 +17,11 @@ from features.store.reader import FeatureStore
 from tests.faults.helpers import clean_error, extract_command
 from tests.workflow_helpers import copy_workflow, edit_config, environment, snakemake
 
-BAD_IMAGES = ("truncated", "empty", "missing")
+BAD_IMAGES = ("truncated", "empty", "missing", "bomb")
 
 
 def odd_images(folder: Path) -> dict[str, Path]:
-    """Valid images in unusual modes, plus a truncated, a zero-byte and a missing file."""
+    """Valid images in unusual modes, plus a truncated, a zero-byte, a missing file and a decompression bomb."""
     folder.mkdir(parents=True, exist_ok=True)
     rgb = Image.new("RGB", (40, 30), (200, 30, 30))
     files = {}
@@ -48,6 +48,8 @@ def odd_images(folder: Path) -> dict[str, Path]:
     files["empty"] = folder / "empty.jpg"
     files["empty"].write_bytes(b"")
     files["missing"] = folder / "missing.jpg"
+    files["bomb"] = folder / "bomb.png"  # 13500 x 13500: past Pillow's decompression-bomb limit (a 22 kB file)
+    Image.new("1", (13500, 13500)).save(files["bomb"])
     return files
 
 
@@ -73,12 +75,13 @@ def test_bad_and_odd_images(tmp_path, on_error):
     if on_error == "fail":
         line = clean_error(result)
         for name in BAD_IMAGES:  # every bad file is named, not just the first
-            assert f"{name}.jpg" in line
+            assert files[name].name in line
+        assert "larger than Pillow allows" in line
         assert not out.exists()
         return
     assert result.returncode == 0, result.stderr
     for name in BAD_IMAGES:  # the run log (the rule's log file) lists each skipped image
-        assert f"{name}.jpg" in result.stderr
+        assert files[name].name in result.stderr
     store = FeatureStore(out)
     recorded = {e["image_id"]: e["reason"] for e in store.meta["errors"]}
     assert sorted(recorded) == sorted(names.index(n) for n in BAD_IMAGES)

@@ -19,8 +19,8 @@ from captioner.models.sat import SATConfig, ShowAttendTell  # noqa: E402
 VOCAB = 10201
 
 
-def captions(batch: int, length: int, device) -> torch.Tensor:
-    tokens = torch.randint(4, VOCAB, (batch, length), device=device)
+def captions(batch: int, length: int, device, vocab: int = VOCAB) -> torch.Tensor:
+    tokens = torch.randint(4, vocab, (batch, length), device=device)
     tokens[:, 0] = 1
     tokens[:, -1] = 2
     return tokens

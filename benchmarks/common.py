@@ -33,14 +33,14 @@ def machine() -> str:
     return text
 
 
-def append_results(title: str, lines: list[str]) -> None:
+def append_results(title: str, lines: list[str], results: Path = RESULTS) -> None:
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     block = [f"## {title}", "", f"- date: {stamp}", f"- machine: {machine()}", f"- command: `{command}`", "",
              *lines, ""]
     text = "\n".join(block) + "\n"
     print(text)
-    if not RESULTS.exists():
-        RESULTS.write_text("# Benchmark results\n\nEach section is appended by a script in this folder.\n\n")
-    with open(RESULTS, "a", encoding="utf-8") as handle:
+    if not results.exists():
+        results.write_text("# Benchmark results\n\nEach section is appended by a script in this folder.\n\n")
+    with open(results, "a", encoding="utf-8") as handle:
         handle.write(text)

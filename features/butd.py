@@ -13,8 +13,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torchvision.ops import box_iou
+
+
+def at_least(threshold: float) -> float:
+    """The threshold that makes torchvision's ``nms`` (suppress when IoU > t) act as Caffe's (IoU >= t).
+
+    Caffe's kernel compares a float32 IoU with ``float32(t)``; for float32 IoUs, ``>=`` that is the same test
+    as ``>`` the next float32 below it (nothing lies in between), which torchvision's kernels compare exactly.
+    """
+    return float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
 
 
 def legacy_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -62,9 +72,10 @@ def per_class_nms_keep(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold:
 
 @dataclass
 class Selection:
-    index: torch.Tensor  # (K,) RoI indices, ordered by decreasing max_conf
-    class_id: torch.Tensor  # (K,) best surviving class (1-based over object classes; 0 = background)
-    score: torch.Tensor  # (K,) its score (max_conf)
+    index: torch.Tensor  # (K,) RoI indices, in BUTD's order (see select_boxes)
+    class_id: torch.Tensor  # (K,) argmax over the object classes, 0-based (BUTD's saved ``objects_id``)
+    score: torch.Tensor  # (K,) that class's raw probability (BUTD's ``objects_conf``)
+    confidence: torch.Tensor  # (K,) max_conf: the best class score surviving its class's NMS (what selects)
 
 
 def select_boxes(boxes: torch.Tensor, class_scores: torch.Tensor, nms_thresh: float = 0.3,
@@ -72,17 +83,19 @@ def select_boxes(boxes: torch.Tensor, class_scores: torch.Tensor, nms_thresh: fl
                  legacy: bool = True) -> Selection:
     """BUTD selection. ``class_scores``: (R, 1 + C) softmax scores with background in column 0.
 
-    Kept regions are ordered by decreasing ``max_conf`` (BUTD keeps RoI order when no clamp applies;
-    the set of regions is the same).
+    The order is BUTD's: ascending RoI index when the confident regions already number min..max boxes,
+    otherwise decreasing ``max_conf`` (ties by RoI index) cut to the clamp.
     """
     if min_boxes > max_boxes:
         raise ValueError(f"min_boxes {min_boxes} > max_boxes {max_boxes}")
     object_scores = class_scores[:, 1:]
     keep = per_class_nms_keep(boxes, object_scores, nms_thresh, legacy)
-    surviving = torch.where(keep, object_scores, torch.zeros_like(object_scores))
-    max_conf, best = surviving.max(dim=1)
-    order = max_conf.argsort(descending=True, stable=True)
-    confident = int((max_conf >= conf_thresh).sum())
-    count = min(max(confident, min_boxes), max_boxes, len(order))
-    chosen = order[:count]
-    return Selection(index=chosen, class_id=best[chosen] + 1, score=max_conf[chosen])
+    max_conf = torch.where(keep, object_scores, torch.zeros_like(object_scores)).max(dim=1).values
+    confident = torch.nonzero(max_conf >= conf_thresh).flatten()
+    if min_boxes <= len(confident) <= max_boxes:
+        chosen = confident
+    else:
+        count = min_boxes if len(confident) < min_boxes else max_boxes
+        chosen = max_conf.argsort(descending=True, stable=True)[:count]
+    score, class_id = object_scores[chosen].max(dim=1)
+    return Selection(index=chosen, class_id=class_id, score=score, confidence=max_conf[chosen])

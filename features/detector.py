@@ -7,14 +7,20 @@ MILVLG/bottom-up-attention.pytorch ("caffe" mode), so its checkpoints load by a 
 - input: BGR, Caffe pixel means subtracted (no std), bilinear resize to shorter side 600 / longer <= 1000;
 - trunk to res4 (stride 16) with the stride on the 1x1 conv, Caffe max-pool (ceil mode, no padding);
 - RPN: 12 Caffe anchors (ratios 0.5/1/2 x scales 4/8/16/32 of a 16-px base), 2-way softmax objectness,
-  +1-pixel box coder, top 6000 -> NMS 0.7 -> top 300 proposals;
+  +1-pixel box coder, top 6000 -> NMS (suppress at IoU >= 0.7, +1 areas, as Caffe's kernel) -> top 300 proposals;
 - head: RoIPool 14x14 on res4, res5 with stride 1 and dilation 2, mean over 14x14 -> 2048-d,
   1601-way class softmax (background first);
-- regions: the BUTD rule of :mod:`features.butd` on the raw proposals (as BUTD saves them).
+- regions: the BUTD rule of :mod:`features.butd` on the raw proposals (as BUTD saves them), in BUTD's order,
+  with BUTD's class metadata (argmax over the 1,600 objects, 0-based, and its raw probability).
+
+One residual difference from Caffe's NMS kernel: its +1 areas are ``x2 - x1 + 1``, torchvision's on shifted
+corners ``(x2 + 1) - x1``; the two can differ in the last bit, which changes a decision only for an IoU within
+an ulp of 0.7 (never seen in the MILVLG comparison, benchmarks/compare_milvlg.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from dataclasses import dataclass
@@ -27,7 +33,7 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.ops import nms, roi_pool
 
-from features.butd import select_boxes
+from features.butd import at_least, select_boxes
 from features.config import REGIONS
 from pipeline.errors import InputError
 
@@ -51,6 +57,18 @@ class DetectorConfig:
     max_boxes: int = REGIONS["max_boxes"]
     boxes_from: str = "proposals"  # proposals (BUTD) | regressed
     trunk_precision: str = REGIONS["precision"]  # fp32 (MILVLG) | bf16: stem..res4 under bf16 autocast
+
+
+@contextlib.contextmanager
+def strict_fp32():
+    """IEEE fp32 convolutions and matrix products, as MILVLG ran: since Ampere, PyTorch lets cuDNN use TF32 (a
+    10-bit mantissa) for fp32 convolutions by default, which moves box coordinates as bf16 would."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def caffe_cell_anchors(base: int = 16, ratios=(0.5, 1.0, 2.0), scales=(4, 8, 16, 32)) -> torch.Tensor:
@@ -161,8 +179,9 @@ class BottomUpDetector(nn.Module):
         boxes, scores = boxes[valid], scores[valid].float()
         order = scores.argsort(descending=True)[: c.pre_nms_top_n]
         boxes, scores = boxes[order], scores[order]
-        # +1-pixel IoU via shifted corners; torchvision's kernel suppresses at IoU > t (Caffe: >=)
-        keep = nms(boxes + torch.tensor([0.0, 0.0, 1.0, 1.0], device=boxes.device), scores, c.rpn_nms_thresh)
+        # Caffe's kernel: +1-pixel areas (here by shifted corners) and suppression at IoU >= t (at_least)
+        keep = nms(boxes + torch.tensor([0.0, 0.0, 1.0, 1.0], device=boxes.device), scores,
+                   at_least(c.rpn_nms_thresh))
         return boxes[keep[: c.post_nms_top_n]]
 
     def box_features(self, res4: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -179,10 +198,11 @@ class BottomUpDetector(nn.Module):
         """
         c = self.config
         device = image.device.type
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=c.trunk_precision == "bf16"):
-            res4 = self.res4(self.res3(self.res2(self.stem(image[None]))))
-        with torch.autocast(device, enabled=False):
-            return self._regions(res4.float(), image, scale, original_hw)
+        with strict_fp32():  # fp32 means IEEE fp32 here, on GPUs too (bf16 trunk ops are unaffected)
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=c.trunk_precision == "bf16"):
+                res4 = self.res4(self.res3(self.res2(self.stem(image[None]))))
+            with torch.autocast(device, enabled=False):
+                return self._regions(res4.float(), image, scale, original_hw)
 
     def _regions(self, res4: torch.Tensor, image: torch.Tensor, scale: float, original_hw: tuple[int, int]) -> dict:
         c = self.config
@@ -192,13 +212,15 @@ class BottomUpDetector(nn.Module):
         boxes = proposals / scale  # BUTD selects on, and saves, the raw proposals in original pixels
         selection = select_boxes(boxes, class_scores, c.nms_thresh, c.conf_thresh, c.min_boxes, c.max_boxes)
         if c.boxes_from == "regressed":
+            # py-faster-rcnn's order: un-scale the proposals, then apply the deltas of the region's argmax class
             deltas = self.bbox_pred(feats[selection.index]).float().view(-1, c.num_classes, 4)
-            deltas = deltas[torch.arange(len(selection.index)), selection.class_id]
-            boxes = decode_boxes(deltas, proposals[selection.index]) / scale
+            deltas = deltas[torch.arange(len(selection.index)), selection.class_id + 1]
+            boxes = decode_boxes(deltas, boxes[selection.index])
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, original_hw[1] - 1)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, original_hw[0] - 1)
         else:
             boxes = boxes[selection.index]
+        # class_id/score as BUTD saves them: argmax over the 1,600 objects (0-based) and its probability
         return {"features": feats[selection.index], "boxes": boxes, "class_id": selection.class_id,
                 "score": selection.score}
 

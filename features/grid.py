@@ -9,7 +9,7 @@ from PIL import Image
 
 from features.backbones import build_resnet, to_device, trunk
 from features.config import ExtractorConfig
-from features.images import to_tensor
+from features.images import normalize, to_uint8_tensor
 
 
 class GridExtractor(torch.nn.Module):
@@ -38,7 +38,7 @@ class Grid:
 
     def load(self, image: Image.Image, key) -> dict:
         size = self.config.image_size
-        return {"image": to_tensor(image.resize((size, size), resample=Image.BILINEAR))}
+        return {"image": to_uint8_tensor(image.resize((size, size), resample=Image.BILINEAR))}
 
     def collate(self, items: list[dict]) -> dict:
         return {"images": torch.stack([item["image"] for item in items])}
@@ -46,7 +46,7 @@ class Grid:
     def __call__(self, batch: dict) -> dict:
         # bf16 on GPUs (as every grid extractor of the field runs): no boxes whose coordinates it could round
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            features = self.model(to_device(batch["images"], self.device))
+            features = self.model(normalize(to_device(batch["images"], self.device)))  # uint8 over the bus
         return {"features": features.float().cpu().numpy()}  # device -> host copy (a GPU sync)
 
 

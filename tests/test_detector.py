@@ -70,8 +70,8 @@ def test_detection_output_contract():
     assert 4 <= k <= 12 and found["features"].shape == (k, 2048)
     boxes = found["boxes"]
     assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 160).all() and (boxes[:, 3] <= 90).all()
-    assert ((found["class_id"] >= 1) & (found["class_id"] <= 1600)).all()
-    assert torch.all(found["score"][:-1] >= found["score"][1:])
+    assert ((found["class_id"] >= 0) & (found["class_id"] < 1600)).all()
+    assert (found["score"] > 0).all()
     # uniform class scores: nothing reaches conf 0.2, so the min_boxes clamp decides
     assert k == 4
 
@@ -88,7 +88,7 @@ def test_extract_in_detector_mode(tmp_path):
     assert store.shape == (4, 12, 2048)
     assert ((data["num_boxes"] >= 4) & (data["num_boxes"] <= 12)).all()
     for row, n in enumerate(data["num_boxes"]):
-        assert (data["class_ids"][row, :n] >= 1).all() and (data["class_ids"][row, n:] == -1).all()
+        assert (data["class_ids"][row, :n] >= 0).all() and (data["class_ids"][row, n:] == -1).all()
         assert (data["box_scores"][row, :n] > 0).all()
     assert store.meta["extractor"]["boxes"] == "detector"
     assert len(store.meta["weights_record"]["sha256"]) == 64
@@ -193,3 +193,22 @@ def test_preprocessing_is_unchanged_where_the_old_resize_was_already_right(heigh
     bgr -= torch.tensor(CAFFE_PIXEL_MEAN_BGR).view(3, 1, 1)
     before = F.interpolate(bgr[None], size=tuple(ours.shape[1:]), mode="bilinear", align_corners=False)[0]
     assert torch.equal(ours, before)
+
+
+def test_fp32_detection_turns_tf32_off_for_its_own_run_only():
+    """PyTorch lets cuDNN run fp32 convolutions in TF32 by default (Ampere and newer): the detector's fp32 is
+    IEEE fp32, as MILVLG ran, and the process's own setting comes back afterwards."""
+    detector = small_detector(0, anchors_as_proposals=True)
+    seen = []
+    detector.stem.register_forward_hook(lambda *_: seen.append(
+        (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)))
+    rgb = (np.random.default_rng(1).random((90, 160, 3)) * 255).astype(np.uint8)
+    image, scale = detector.preprocess(rgb)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        detector.detect(image, scale, (90, 160))
+        assert seen == [(False, False)]
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

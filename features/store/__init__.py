@@ -7,7 +7,8 @@ Layout (both backends), N images in row order given by ``image_ids``:
 - ``written``    (N,) bool, set once a row is complete (lets an interrupted run resume)
 - regions only: ``num_boxes`` (N,) int32, ``boxes`` (N, L, 4) float32 xyxy in original pixels,
   ``image_hw`` (N, 2) int32, ``class_ids`` (N, L) int32 and ``box_scores`` (N, L) float32 (the detector's
-  best class and its score per box; -1 and 0 for given boxes)
+  class per box as BUTD saves it, argmax over the 1,600 objects (0-based), and its probability; -1 and 0 for
+  given boxes)
 
 Metadata lives in the attribute ``meta`` (a JSON string): kind, extractor config, weights,
 software versions, errors. Features are chunked one image per chunk so a random read touches one chunk.

@@ -13,6 +13,7 @@ from PIL import Image
 from features.backbones import sha256_of
 from features.config import ExtractorConfig
 from features.detector import caffe_preprocess
+from features.images import check_resized
 from features.store.format import region_rows
 from pipeline.errors import InputError
 
@@ -64,6 +65,7 @@ class BottomUp:
         if self.config.backend == "detectron2":  # it preprocesses itself
             return {"image": np.asarray(image), "scale": 1.0, "hw": (height, width)}
         tensor, scale = caffe_preprocess(np.asarray(image), self.config.min_size, self.config.max_size)
+        check_resized((width, height), (tensor.shape[2], tensor.shape[1]))
         return {"image": tensor, "scale": scale, "hw": (height, width)}
 
     def collate(self, items: list[dict]) -> dict:

@@ -67,7 +67,10 @@ class ImageDataset(Dataset):
             image = load_rgb(path)
         except ImageError as error:
             return {"key": key, "error": str(error)}
-        return {"key": key, **self.extractor.load(image, key)}
+        try:
+            return {"key": key, **self.extractor.load(image, key)}
+        except ImageError as error:  # decodable, but unusable by this extractor
+            return {"key": key, "error": f"{path}: {error}"}
 
     def collate(self, items: list[dict]) -> dict:
         good = [item for item in items if "error" not in item]

@@ -14,8 +14,19 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+# one cell of a stride-16 feature map: a thinner input has no res4 at all (the trunk's pooling fails)
+MIN_RESIZED_SIDE = 16
+
+
 class ImageError(PipelineError, RuntimeError):
-    """An image file is missing or cannot be decoded."""
+    """An image file is missing or cannot be decoded, or cannot be used at all (too thin once resized)."""
+
+
+def check_resized(original_wh: tuple[int, int], resized_wh: tuple[int, int]) -> None:
+    """A bad image, not a crash in the trunk: a panorama of 5000 x 1 px is 192 x 1 at the detector's scale."""
+    if min(resized_wh) < MIN_RESIZED_SIDE:
+        raise ImageError(f"{original_wh[0]}x{original_wh[1]} px is resized to {resized_wh[0]}x{resized_wh[1]}, "
+                         f"thinner than the {MIN_RESIZED_SIDE} px (one stride-16 cell) the region trunk needs")
 
 
 def load_rgb(path: str | Path) -> Image.Image:

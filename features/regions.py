@@ -16,7 +16,7 @@ from PIL import Image
 from features.backbones import build_resnet, to_device, trunk
 from features.boxes import check_covered, load_given_boxes
 from features.config import ExtractorConfig
-from features.images import to_tensor
+from features.images import check_resized, to_tensor
 from features.store.format import region_rows
 from pipeline.errors import InputError
 
@@ -59,7 +59,9 @@ class GivenBoxes:
     def load(self, image: Image.Image, key) -> dict:
         width, height = image.size
         scale = min(self.config.min_size / min(width, height), self.config.max_size / max(width, height))
-        resized = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), resample=Image.BILINEAR)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        check_resized((width, height), size)
+        resized = image.resize(size, resample=Image.BILINEAR)
         boxes = np.asarray(self.boxes[key], dtype=np.float32).reshape(-1, 4)[: self.config.max_boxes]
         return {"image": to_tensor(resized), "boxes": torch.from_numpy(boxes), "scale": scale, "hw": (height, width)}
 

@@ -234,3 +234,23 @@ def test_caption_cli_on_a_demo_image(finished_run, tmp_path):
             for path, together in zip(images, captions):
                 alone = caption(model, [path], {path.name: by_name[path.name]})
                 assert alone[0]["logprob"] == pytest.approx(together["logprob"], abs=1e-4)
+
+    # bad images: every one named (fail, the default, after captioning the rest) or listed with its reason (skip)
+    from PIL import Image
+
+    truncated, bomb = tmp_path / "truncated.jpg", tmp_path / "bomb.png"
+    truncated.write_bytes(images[0].read_bytes()[:300])
+    Image.new("1", (13500, 13500)).save(bomb)  # past Pillow's decompression-bomb limit
+    for on_error in ("fail", "skip"):
+        out = tmp_path / f"bad.{on_error}.json"
+        command = [sys.executable, "-m", "captioner", "caption", "--model",
+                   str(finished_run / RUN / "models/sat_soft/checkpoint.pt"), str(images[0]), str(truncated),
+                   str(bomb), "--beam-size", "2", "--out", str(out), "--on-error", on_error]
+        result = subprocess.run(command, capture_output=True, text=True, env=environment(), cwd=finished_run)
+        written = json.loads(out.read_text())
+        assert written[0]["caption"] and "truncated.jpg" in written[1]["error"] and "Pillow" in written[2]["error"]
+        if on_error == "skip":
+            assert result.returncode == 0, result.stderr
+        else:
+            assert result.returncode != 0 and "Traceback" not in result.stderr
+            assert "error: 2 of 3 image(s) could not be read" in result.stderr

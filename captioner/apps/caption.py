@@ -15,6 +15,7 @@ from captioner.models.checkpoint import CheckpointError, load_for_inference
 from features.backbones import pick_device
 from features.config import ExtractorConfig
 from features.extract import ImageDataset, build_extractor
+from features.images import ImageError
 from pipeline.atomic import write_json
 from pipeline.config import defaults
 from pipeline.errors import InputError, MissingKeyError
@@ -68,12 +69,12 @@ def caption_images(model_path: str, inputs: list[str], beam_size: int, max_lengt
         boxes = boxes_by_file_name(boxes_json, paths)
     extractor = build_extractor(config, device, boxes)
     dataset = ImageDataset(list(enumerate(paths)), extractor)
-    results = []
+    results: list[dict] = [{} for _ in paths]  # in the order given, bad images included
     with torch.inference_mode():
         for start in range(0, len(paths), batch_size):
             batch = dataset.collate([dataset[i] for i in range(start, min(start + batch_size, len(paths)))])
             for error in batch["errors"]:
-                results.append({"image": str(paths[error["image_id"]]), "error": error["reason"]})
+                results[error["image_id"]] = {"image": str(paths[error["image_id"]]), "error": error["reason"]}
             if not batch["keys"]:
                 continue
             state, step = bundle.model.decoder(**bundle.inputs(extractor(batch)))
@@ -83,8 +84,8 @@ def caption_images(model_path: str, inputs: list[str], beam_size: int, max_lengt
                 words = bundle.vocab.decode(found.tokens[row, 0].tolist()).split()
                 if bundle.collapse_repeats:
                     words = collapse_repeats(words)
-                results.append({"image": str(paths[index]), "caption": " ".join(words),
-                                "logprob": float(found.logprob[row, 0])})
+                results[index] = {"image": str(paths[index]), "caption": " ".join(words),
+                                  "logprob": float(found.logprob[row, 0])}
     return results
 
 
@@ -98,6 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=defaults("train")["device"])
     parser.add_argument("--threads", type=int, default=defaults("train")["threads"])
     parser.add_argument("--out", help="also write the captions as JSON here")
+    parser.add_argument("--on-error", choices=["fail", "skip"], default=defaults("features")["on_error"],
+                        help="images that cannot be read: fail (after captioning the others, naming every bad "
+                             "file) or skip (listed in the output with their reason)")
 
 
 def run(args) -> None:
@@ -106,5 +110,9 @@ def run(args) -> None:
     for result in results:
         print(f"{result['image']}: {result.get('caption', 'ERROR ' + result.get('error', ''))}")
     if args.out:
-        write_json(args.out, results)
+        write_json(args.out, results)  # the bad images are in it too, each with its reason
         print(f"wrote {args.out}", file=sys.stderr)
+    errors = [result for result in results if "error" in result]
+    if errors and args.on_error == "fail":
+        listed = "\n  ".join(result["error"] for result in errors)
+        raise ImageError(f"{len(errors)} of {len(results)} image(s) could not be read (--on-error fail):\n  {listed}")

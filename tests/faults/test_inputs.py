@@ -41,6 +41,21 @@ def odd_images(folder: Path) -> dict[str, Path]:
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees on display
     rgb.save(files["rotated"], exif=exif)
+    files["animated"] = folder / "animated.gif"  # the first frame is the image
+    frames = [rgb.convert("P")] + [Image.new("P", (40, 30), i) for i in range(2)]
+    frames[0].save(files["animated"], save_all=True, append_images=frames[1:])
+    files["lab"] = folder / "lab.tif"
+    rgb.convert("LAB").save(files["lab"])
+    files["float"] = folder / "float.tif"  # 32-bit float grey, values past 255
+    Image.fromarray((np.arange(1200).reshape(30, 40) / 3.0).astype(np.float32)).save(files["float"])
+    files["bilevel"] = folder / "bilevel.tif"
+    rgb.convert("1").save(files["bilevel"])
+    files["webp"] = folder / "photo.webp"
+    rgb.save(files["webp"])
+    files["bad_orientation"] = folder / "bad_orientation.jpg"  # an EXIF orientation outside 1..8 is ignored
+    exif = Image.Exif()
+    exif[0x0112] = 9
+    rgb.save(files["bad_orientation"], exif=exif)
     good = folder / "good.jpg"
     rgb.save(good)
     files["truncated"] = folder / "truncated.jpg"
@@ -198,3 +213,45 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, edit, named):
     assert result.returncode != 0
     assert named in result.stdout + result.stderr
     assert not (workdir / "results").exists(), "no job may run with an invalid config"
+
+
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_images_too_thin_for_the_region_trunk_are_bad_images(tmp_path, on_error):
+    """A 5000 x 1 panorama is 192 x 1 px at the detector's scale: no stride-16 cell, so the trunk cannot run.
+    It is a bad image (named, or recorded and skipped), not a traceback from inside the network."""
+    import torch
+
+    from features.config import ExtractorConfig
+    from features.detector import ours_to_detectron2
+    from features.extract import RunOptions, extract
+    from features.images import ImageError
+    from tests.faults.helpers import manifest_for
+    from tests.test_detector import SMALL, small_detector
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (160, 120), (90, 120, 30)).save(folder / "good.jpg")
+    Image.new("RGB", (5000, 1), (90, 120, 30)).save(folder / "wide.png")
+    Image.new("RGB", (3, 3000), (90, 120, 30)).save(folder / "tall.png")
+    names = ["good.jpg", "wide.png", "tall.png"]
+    source = karpathy_json(tmp_path / "d.json", [
+        {"filepath": "images", "filename": name, "cocoid": i, "split": "train", "sentences": [{"raw": "a picture"}]}
+        for i, name in enumerate(names)])
+    torch.save({"model": ours_to_detectron2(small_detector(0, anchors_as_proposals=True).state_dict())},
+               tmp_path / "butd.pth")
+    config = ExtractorConfig(kind="regions", boxes="detector", weights=str(tmp_path / "butd.pth"), **SMALL)
+    options = RunOptions(batch_size=2, num_workers=0, device="cpu", dtype="float32", on_error=on_error)
+    out = tmp_path / "regions.h5"
+    if on_error == "fail":
+        with pytest.raises(ImageError) as raised:
+            extract(manifest_for(source), tmp_path, out, config, options)
+        message = str(raised.value)
+        assert "wide.png" in message and "tall.png" in message and "good.jpg" not in message
+        assert "resized to 192x1" in message and "thinner than the 16 px" in message
+        assert not out.exists()
+        return
+    extract(manifest_for(source), tmp_path, out, config, options)
+    store = FeatureStore(out)
+    recorded = {e["image_id"]: e["reason"] for e in store.meta["errors"]}
+    assert sorted(recorded) == [1, 2] and "wide.png" in recorded[1]
+    assert store.gather([0])["num_boxes"][0] >= SMALL["min_boxes"]

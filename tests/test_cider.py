@@ -1,9 +1,10 @@
 import random
+from collections import Counter
 
 import numpy as np
 from pycocoevalcap.cider.cider import Cider
 
-from captioner.training.cider import CiderD
+from captioner.training.cider import CODE_BASE, CiderD
 
 WORDS = "a an the dog cat man woman red blue small large sits runs on under next to left right of".split()
 
@@ -81,3 +82,40 @@ def test_a_batch_of_only_empty_hypotheses_scores_zero_like_pycocoevalcap():
     ours = cider.score(["", "", ""], list(refs.values()))  # so this batch has no n-gram at all
     np.testing.assert_allclose(ours, expected, atol=1e-9)
     assert ours.tolist() == [0.0, 0.0, 0.0]
+
+
+def _plain_document_frequencies(corpus, n=4):
+    """In how many documents each n-gram (a tuple of words) occurs, counted the obvious way."""
+    df = Counter()
+    for refs in corpus:
+        df.update({tuple(words[i:i + k]) for words in (s.split() for s in refs)
+                   for k in range(1, n + 1) for i in range(len(words) - k + 1)})
+    return df
+
+
+def test_document_frequencies_equal_a_plain_count():
+    """The sorted-key build of the document-frequency table (one int64 key per (n-gram, document), or n-gram ranks
+    first where the code times the number of documents overflows int64) counts what a set per document counts,
+    with empty documents and empty sentences, and however the sentences are chunked into word ids."""
+    rng = random.Random(3)
+    for vocabulary, documents in ((4, 30), (40, 200), (600, 200)):
+        words = [f"w{i}" for i in range(vocabulary)]
+        corpus = [[" ".join(rng.choice(words) for _ in range(rng.randint(0, 14))) for _ in range(rng.randint(0, 6))]
+                  for _ in range(documents)]
+        for refs in corpus[::2]:  # n-grams repeated within a document count once (rare by chance with many words)
+            refs.extend(refs[:1])
+        scorer = CiderD(corpus)
+        word_of = {index: word for word, index in scorer._word_id.items()}
+        ours = {}
+        for code, count in zip(scorer._df_codes.tolist(), scorer._df_counts.tolist()):
+            gram = []
+            while code:
+                code, digit = divmod(code, CODE_BASE)
+                gram.append(word_of[digit])
+            ours[tuple(gram)] = count
+        assert ours == _plain_document_frequencies(corpus)
+        assert (np.diff(scorer._df_codes) > 0).all()  # sorted and distinct: scoring binary-searches it
+        sentences = [s for refs in corpus for s in refs]
+        for whole, chunked in zip(scorer._ids(sentences), scorer._ids(sentences, chunk=7)):
+            np.testing.assert_array_equal(whole, chunked)
+    assert scorer._df_codes.max() > (2 ** 63 - 1) // documents  # the last corpus takes the rank path for 4-grams

@@ -68,3 +68,26 @@ def test_duplicate_ids_and_missing_fields_are_named(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(karpathy.KarpathyFormatError, match="not valid JSON"):
         karpathy.load(tmp_path / "bad.json")
+
+
+def test_tokens_and_paths_read_as_before(tmp_path):
+    """The fast paths of the reader (interned tokens, the image path without pathlib per image) give what
+    ``[t.lower() for t in tokens]`` and ``str(Path(filepath) / filename)`` give, odd folder names included."""
+    from pathlib import Path
+
+    images = [{"filepath": folder, "filename": name, "cocoid": i, "split": "train",
+               "sentences": [{"tokens": ["A", "Dog", " ", "RUNS"], "raw": "A  dog runs. "}, {"raw": "Two  Cats!"}]}
+              for i, (folder, name) in enumerate([("val2014", "a.jpg"), ("val2014/", "b.jpg"), ("", "c.jpg"),
+                                                  ("./x//y", "d.jpg"), (".", "e.jpg"), ("f", "sub/g.jpg"),
+                                                  ("h", ""), ("i", "."), ("j", ".."), ("/abs", "k.jpg")])]
+    loaded = karpathy.load(write_dataset(tmp_path / "d.json", images))
+    assert [i.path for i in loaded.images] == [str(Path(i["filepath"]) / i["filename"]) for i in images]
+    assert loaded.images[0].tokens == [["a", "dog", "runs"], ["two", "cats"]]
+    assert loaded.images[0].raw == ["A dog runs.", "Two Cats!"]
+
+
+def test_non_string_tokens_are_named(tmp_path):
+    bad = write_dataset(tmp_path / "d.json", [image(1, "train", ["a dog"]),
+                                              {**image(2, "train", []), "sentences": [{"tokens": ["a", 3]}]}])
+    with pytest.raises(karpathy.KarpathyFormatError, match=r"images\[1\]\.sentences\[0\]: 'tokens' must be"):
+        karpathy.load(bad)

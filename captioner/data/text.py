@@ -24,6 +24,11 @@ def prepare(karpathy_json: str | Path, vocab_path: str | Path, captions_path: st
     """
     if min_word_count < 1 or max_caption_length < 1:
         raise InputError("min_word_count and max_caption_length must be >= 1")
+    with karpathy.cyclic_gc_paused():  # 600k+ lists built below on top of the loaded dataset
+        return _prepare(karpathy_json, vocab_path, captions_path, min_word_count, max_caption_length)
+
+
+def _prepare(karpathy_json, vocab_path, captions_path, min_word_count: int, max_caption_length: int) -> dict:
     dataset = karpathy.load(karpathy_json)
     train = dataset.split("train")
     if not train:

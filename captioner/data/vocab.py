@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
+from itertools import chain, repeat
 from pathlib import Path
 
 from pipeline.errors import InputError
@@ -30,8 +31,7 @@ class Vocabulary:
 
     def encode(self, tokens: list[str], max_length: int) -> list[int]:
         """``<bos> w1 .. wn <eos>`` with words beyond ``max_length`` cut off."""
-        ids = [self.stoi.get(token, self.unk_id) for token in tokens[:max_length]]
-        return [self.bos_id, *ids, self.eos_id]
+        return [self.bos_id, *map(self.stoi.get, tokens[:max_length], repeat(self.unk_id)), self.eos_id]
 
     def decode(self, ids) -> str:
         """Words up to the first ``<eos>``; specials dropped."""
@@ -47,7 +47,7 @@ class Vocabulary:
 
     @classmethod
     def build(cls, token_lists, min_count: int) -> "Vocabulary":
-        counts = Counter(token for tokens in token_lists for token in tokens)
+        counts = Counter(chain.from_iterable(token_lists))
         words = sorted((w for w, c in counts.items() if c >= min_count and w not in SPECIALS),
                        key=lambda w: (-counts[w], w))
         return cls(list(SPECIALS) + words)

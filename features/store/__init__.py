@@ -11,7 +11,9 @@ Layout (both backends), N images in row order given by ``image_ids``:
   given boxes)
 
 Metadata lives in the attribute ``meta`` (a JSON string): kind, extractor config, weights,
-software versions, errors. Features are chunked one image per chunk so a random read touches one chunk.
+software versions, errors. Features are chunked one image per chunk so a random read touches one chunk. In a
+zarr store that is one file per image, which the reader reads straight from disk (``reader.ChunkFiles``: zarr's
+own selection costs more per chunk than the read); zarr arrays of any other layout are read through zarr.
 
 A writer fills a temporary sibling (``.NAME.partial``) and renames it onto the final path only
 when every row is written, so a store at its final path is always complete.

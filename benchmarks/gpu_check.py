@@ -229,11 +229,40 @@ def check_extraction(folder: Path, files: list[Path], scale: Scale, device: torc
         print(rows[-1], flush=True)
 
 
+@torch.no_grad()
+def calibrate_random_detector(model, rgb: np.ndarray, device: torch.device) -> None:
+    """Make a randomly initialised detector's activations those of a trained one: random ResNet activations grow
+    layer by layer until the RPN scores every box alike; each frozen BatchNorm takes the statistics of its input on
+    one calibration image. Its class scores stay near uniform (nothing reaches the 0.2 confidence), so the
+    selection falls to the 10-box minimum by tiny margins: a worst case for box agreement. Real weights
+    (``--detector-weights``) give the figure that decides whether a bf16 trunk is faithful enough.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+    def take_statistics(module, inputs):
+        x = inputs[0].float()
+        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        module.running_var.copy_(x.var(dim=(0, 2, 3)) + module.eps)
+
+    hooks = [m.register_forward_pre_hook(take_statistics) for m in norms]
+    image, factor = model.preprocess(rgb)
+    image = image.to(device)
+    try:
+        model.detect(image, factor, rgb.shape[:2])  # one pass: each norm is set before it normalises
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def check_precision_modes(files: list[Path], scale: Scale, device: torch.device, weights: str,
                           rows: list[str]) -> None:
     """Which boxes each precision mode selects, against IEEE fp32 on the same device."""
     model = build_extractor(region_config(scale, weights, "fp32"), device).model
-    images = [np.asarray(Image.open(p).convert("RGB")) for p in files[: scale.agreement_images]]
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in files[: scale.agreement_images + 1]]
+    if weights == "none":
+        calibrate_random_detector(model, images.pop(), device)
+    else:
+        images.pop()
 
     def run(mode: str) -> list[dict]:
         model.config.trunk_precision = "bf16" if mode == "bf16 trunk" else "fp32"
@@ -263,9 +292,11 @@ def check_precision_modes(files: list[Path], scale: Scale, device: torch.device,
                 order_a, order_b = sort_boxes(ours["boxes"]), sort_boxes(ref["boxes"])
                 if torch.equal(ours["boxes"][order_a], ref["boxes"][order_b]):
                     same += 1
-                    diff = (ours["features"][order_a] - ref["features"][order_b]).abs()
-                    feature_diffs.append(float(diff.max() / ref["features"].abs().max().clamp_min(1e-12)))
-                max_box = max(max_box, float((ours["boxes"][order_a] - ref["boxes"][order_b]).abs().max()))
+                    if len(order_a):
+                        diff = (ours["features"][order_a] - ref["features"][order_b]).abs()
+                        feature_diffs.append(float(diff.max() / ref["features"].abs().max().clamp_min(1e-12)))
+                if len(order_a):
+                    max_box = max(max_box, float((ours["boxes"][order_a] - ref["boxes"][order_b]).abs().max()))
             else:
                 max_box = float("inf")
         features = f"{max(feature_diffs):.1e}" if feature_diffs else "–"
@@ -379,21 +410,27 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="toy sizes on the CPU (the test suite's run)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the rows go")
     parser.add_argument("--skip", nargs="*", default=[], choices=["extraction", "precision", "models"])
+    parser.add_argument("--agreement-images", type=int, help="images of the precision-mode comparison")
     args = parser.parse_args()
     scale = SMOKE if args.smoke else Scale()
+    if args.agreement_images:
+        scale.agreement_images = args.agreement_images
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
     started = time.perf_counter()
+    if device.type == "cpu":
+        scale.matmul = min(scale.matmul, 1024)  # an 8192^3 product takes minutes on a CPU
     peak = {"bf16": matmul_rate(device, torch.bfloat16, scale.matmul),
             "fp32": matmul_rate(device, torch.float32, scale.matmul)}
     lines = [f"device {device}; measured dense matmul ({scale.matmul}^3): bf16 {peak['bf16'] / 1e12:,.2f} TFLOP/s, "
              f"IEEE fp32 {peak['fp32'] / 1e12:,.2f} TFLOP/s; FLOP bound = that rate / the FLOPs of one item "
-             f"(torch.utils.flop_counter); random weights unless stated; detector weights: {args.detector_weights}",
+             f"(torch.utils.flop_counter); random weights unless stated (the precision rows calibrate a random detector: see calibrate_random_detector); "
+             f"detector weights: {args.detector_weights}",
              ""]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        files = write_jpegs(folder / "images", scale.files)
+        files = write_jpegs(folder / "images", max(scale.files, scale.agreement_images + 1))
         if "extraction" not in args.skip:
             rows = ["| extraction | img/s (steady) | FLOPs / image | FLOP-bound img/s |", "|---|---:|---:|---:|"]
             check_extraction(folder, files, scale, device, args.workers, peak, args.detector_weights, rows)

@@ -25,9 +25,13 @@ def build_detector(config: ExtractorConfig, device: torch.device):
 
         model = Detectron2Detector(config.detectron2_config, config.weights, config.min_size, config.max_size,
                                    config.nms_thresh, config.conf_thresh, config.min_boxes, config.max_boxes, device,
-                                   config.pre_nms_top_n, config.post_nms_top_n)
-        return model, {"weights": config.weights, "sha256": sha256_of(config.weights),
-                       "detectron2_config": config.detectron2_config}
+                                   config.pre_nms_top_n, config.post_nms_top_n, seed=config.seed)
+        random_init = config.weights in ("none", "")
+        record = {"weights": config.weights, "sha256": None if random_init else sha256_of(config.weights),
+                  "detectron2_config": config.detectron2_config}
+        if random_init:
+            record["note"] = f"random init, torch seed {config.seed}"
+        return model, record
     from features.detector import BottomUpDetector, DetectorConfig, load_detectron2_checkpoint
 
     detector_config = DetectorConfig(

@@ -84,7 +84,7 @@ def select_boxes(boxes: torch.Tensor, class_scores: torch.Tensor, nms_thresh: fl
     """BUTD selection. ``class_scores``: (R, 1 + C) softmax scores with background in column 0.
 
     The order is BUTD's: ascending RoI index when the confident regions already number min..max boxes,
-    otherwise decreasing ``max_conf`` (ties by RoI index) cut to the clamp.
+    otherwise decreasing ``max_conf`` cut to the clamp.
     """
     if min_boxes > max_boxes:
         raise ValueError(f"min_boxes {min_boxes} > max_boxes {max_boxes}")
@@ -96,6 +96,6 @@ def select_boxes(boxes: torch.Tensor, class_scores: torch.Tensor, nms_thresh: fl
         chosen = confident
     else:
         count = min_boxes if len(confident) < min_boxes else max_boxes
-        chosen = max_conf.argsort(descending=True, stable=True)[:count]
+        chosen = torch.argsort(max_conf, descending=True)[:count]  # BUTD's own call: ties fall as its sort leaves them
     score, class_id = object_scores[chosen].max(dim=1)
     return Selection(index=chosen, class_id=class_id, score=score, confidence=max_conf[chosen])

@@ -7,6 +7,7 @@ import sys
 from pipeline.cli import main as run_commands
 
 COMMANDS = {
+    "download": ("captioner.data.download", "fetch one file with resume, size and SHA-256 checks"),
     "demo-data": ("captioner.data.demo", "generate the embedded shapes dataset (Karpathy format)"),
     "image-manifest": ("captioner.data.manifest", "the image list (id, path, split) the feature stage reads"),
     "prepare-text": ("captioner.data.text", "vocabulary + encoded captions from a Karpathy JSON"),

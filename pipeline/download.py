@@ -1,0 +1,163 @@
+"""Resumable, verified downloads of multi-GB files (COCO zips, Karpathy's splits, detector weights).
+
+Why not a library for the transfer itself: pooch and fsspec verify hashes but restart an interrupted transfer
+from byte 0 (a 13.5 GB ``train2014.zip`` over a flaky link may never finish), and Snakemake's HTTP storage
+plugin neither resumes nor checks a SHA-256. So the transfer is ``requests`` (streaming, HTTP Range) and the rest
+is here: bytes go to a hidden ``.NAME.part`` beside the target; an interruption is resumed from its length with
+``Range: bytes=N-`` (a server that ignores Range restarts it); failures are retried with exponential back-off; the
+size and SHA-256 are checked before the file is renamed onto its final name, so a file there is always complete.
+
+A file without a published checksum (the bottom-up detector weights) is pinned on first download in a lock file
+(``{url: sha256}``) and verified against it afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from pipeline.atomic import write_json
+from pipeline.errors import InputError
+
+CHUNK = 1 << 20  # 1 MiB per hashing read
+NET_CHUNK = 1 << 16  # 64 KiB per network read: a dropped connection loses at most the chunk being read
+
+
+class DownloadError(InputError):
+    """A transfer failed, or what arrived is not the file expected."""
+
+
+def part_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.part")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def by_hand(url: str, target: Path) -> str:
+    return (f"download it by hand (e.g. `curl -L -o {target} {url}`) and place it at {target}: the same rule then "
+            "verifies and uses it")
+
+
+def check_space(folder: Path, needed: int, url: str) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise DownloadError(f"{url}: needs {needed / 1e9:.1f} GB free in {folder} (the download and what is unpacked "
+                            f"from it), only {free / 1e9:.1f} GB are; free space or point the data folder elsewhere")
+
+
+def verify(path: Path, url: str, size: int | None, sha256: str | None) -> str:
+    """The file's SHA-256, after checking its size and digest against the expected ones (where given)."""
+    if size is not None and path.stat().st_size != size:
+        raise DownloadError(f"{url}: {path} has {path.stat().st_size:,} bytes, expected {size:,}")
+    actual = sha256_of(path)
+    if sha256 is not None and actual != sha256.lower():
+        raise DownloadError(f"{url}: checksum mismatch for {path}: expected sha256 {sha256.lower()}, got {actual}")
+    return actual
+
+
+def _transfer(url: str, part: Path, size: int | None, timeout: float, progress: bool) -> None:
+    """One attempt: append the rest of ``url`` to ``part`` (from its current length)."""
+    import requests
+    from tqdm import tqdm
+
+    have = part.stat().st_size if part.exists() else 0
+    if size is not None and have == size:
+        return  # complete already (the previous attempt died before the rename)
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    with requests.get(url, headers=headers, stream=True, timeout=timeout, allow_redirects=True) as response:
+        if response.status_code == 416 and have:  # nothing left to send: the part holds the whole file
+            return
+        response.raise_for_status()  # 403, 404, ...: an HTTPError, not retried
+        if have and response.status_code != 206:  # the server ignored Range: start over
+            have = 0
+        mode = "ab" if have else "wb"
+        total = size if size is not None else (have + int(response.headers.get("Content-Length", 0)) or None)
+        with open(part, mode) as handle, tqdm(total=total, initial=have, unit="B", unit_scale=True,
+                                             unit_divisor=1024, desc=part.name.removesuffix(".part").lstrip("."),
+                                             disable=not progress, file=sys.stderr, mininterval=2) as bar:
+            for block in response.iter_content(NET_CHUNK):
+                handle.write(block)
+                bar.update(len(block))
+    if size is not None and part.stat().st_size < size:
+        raise ConnectionError(f"connection closed after {part.stat().st_size:,} of {size:,} bytes")
+
+
+def fetch(url: str, target: str | Path, size: int | None = None, sha256: str | None = None,
+          retries: int = 5, backoff: float = 2.0, timeout: float = 60.0, extra_space: int = 0,
+          progress: bool = True) -> str:
+    """Download ``url`` to ``target`` (resuming a partial transfer), verify it, rename it into place.
+
+    A ``target`` already there (a rerun, or a file placed by hand) is verified instead of fetched. Returns the
+    file's SHA-256. A checksum mismatch deletes what arrived, so the rerun fetches it again from the start.
+    """
+    import requests
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        return verify(target, url, size, sha256)
+    part = part_path(target)
+    have = part.stat().st_size if part.exists() else 0
+    if size is not None:
+        check_space(target.parent, size - have + extra_space, url)
+    for attempt in range(retries + 1):
+        try:
+            _transfer(url, part, size, timeout, progress)
+            break
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                ConnectionError) as error:
+            if attempt == retries:
+                raise DownloadError(f"{url}: no connection after {retries + 1} attempts ({error}); "
+                                    f"{by_hand(url, target)}") from None
+            wait = backoff * 2 ** attempt
+            print(f"note: {url}: {error}; retrying in {wait:.0f} s from byte "
+                  f"{part.stat().st_size if part.exists() else 0:,}", file=sys.stderr)
+            time.sleep(wait)
+        except requests.HTTPError as error:
+            raise DownloadError(f"{url}: {error}; {by_hand(url, target)}") from None
+    try:
+        digest = verify(part, url, size, sha256)
+    except DownloadError:
+        part.unlink()  # nothing that looks complete stays behind
+        raise
+    os.replace(part, target)
+    return digest
+
+
+def pinned_sha256(lock: str | Path, url: str) -> str | None:
+    """The SHA-256 recorded for ``url`` in the lock file, if any."""
+    lock = Path(lock)
+    if not lock.exists():
+        return None
+    try:
+        return json.loads(lock.read_text(encoding="utf-8")).get(url)
+    except (json.JSONDecodeError, AttributeError) as error:
+        raise DownloadError(f"{lock}: not a download lock file ({{url: sha256}} JSON): {error}") from None
+
+
+def record_sha256(lock: str | Path, url: str, digest: str) -> None:
+    lock = Path(lock)
+    pins = json.loads(lock.read_text(encoding="utf-8")) if lock.exists() else {}
+    pins[url] = digest
+    write_json(lock, dict(sorted(pins.items())))
+
+
+def fetch_pinned(url: str, target: str | Path, lock: str | Path, **options) -> str:
+    """``fetch`` for a file without a published checksum: verified against the lock file's pin, or pinned now."""
+    pinned = pinned_sha256(lock, url)
+    digest = fetch(url, target, sha256=pinned, **options)
+    if pinned is None:
+        record_sha256(lock, url, digest)
+        print(f"note: {url}: no checksum was pinned; recorded sha256 {digest} in {lock}", file=sys.stderr)
+    return digest

@@ -161,3 +161,55 @@ def fetch_pinned(url: str, target: str | Path, lock: str | Path, **options) -> s
         record_sha256(lock, url, digest)
         print(f"note: {url}: no checksum was pinned; recorded sha256 {digest} in {lock}", file=sys.stderr)
     return digest
+
+
+def unpack_zip(archive: str | Path, target: str | Path, expected_files: dict[str, int] | None = None,
+               members: list[str] | None = None) -> dict[str, int]:
+    """Unpack ``archive`` into the folder ``target`` atomically: into a hidden sibling first, then renamed.
+
+    A truncated zip (no central directory) is refused before anything is written, and zipfile checks each member's
+    CRC as it is read; ``expected_files`` ({top folder: number of files}, e.g. {"train2014": 82783}) is checked before
+    the rename; an interrupted unpack leaves only the hidden folder, which the rerun removes and redoes. ``members``
+    unpacks only those names (``dataset_coco.json`` out of Karpathy's zip). Returns the file count per top folder.
+    """
+    import zipfile
+
+    archive, target = Path(archive), Path(target)
+    if target.exists():
+        return count_files(target)
+    try:
+        handle = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise DownloadError(f"{archive}: not a complete zip file ({error}); delete it so it is downloaded again") from None
+    with handle:
+        names = members if members is not None else [info.filename for info in handle.infolist()]
+        unknown = sorted(set(names) - set(handle.namelist()))
+        if unknown:
+            raise DownloadError(f"{archive}: has no {unknown[0]}")
+        needed = sum(handle.getinfo(name).file_size for name in names)
+        check_space(target.parent, needed, str(archive))
+        staging = target.with_name(f".{target.name}.unpacking")
+        shutil.rmtree(staging, ignore_errors=True)  # what an interrupted run left
+        try:
+            for name in names:
+                handle.extract(name, staging)
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise DownloadError(f"{archive}: cannot be unpacked ({error}); delete it so it is downloaded again") from None
+    counts = count_files(staging)
+    wrong = {folder: (counts.get(folder, 0), count) for folder, count in (expected_files or {}).items()
+             if counts.get(folder, 0) != count}
+    if wrong:
+        shutil.rmtree(staging, ignore_errors=True)
+        listed = ", ".join(f"{folder}/ has {have:,} files, expected {want:,}" for folder, (have, want) in wrong.items())
+        raise DownloadError(f"{archive}: {listed}")
+    os.replace(staging, target)
+    return counts
+
+
+def count_files(folder: Path) -> dict[str, int]:
+    """Files per top-level entry of ``folder`` (a file at the top counts under its own name)."""
+    counts: dict[str, int] = {}
+    for entry in folder.iterdir():
+        counts[entry.name] = sum(1 for p in entry.rglob("*") if p.is_file()) if entry.is_dir() else 1
+    return counts

@@ -151,3 +151,50 @@ def test_the_download_command_fails_with_one_error_line_naming_the_url(server, t
                          "--out", str(tmp_path / "t.zip"), "--sha256", sha(PAYLOAD)], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "t.zip").read_bytes() == PAYLOAD
+
+
+def zip_with_images(path, folders: dict[str, int]):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for folder, count in folders.items():
+            for i in range(count):
+                archive.writestr(f"{folder}/COCO_{folder}_{i:012d}.jpg", b"\xff\xd8" + bytes(100) + b"\xff\xd9")
+        archive.writestr("dataset_coco.json", '{"images": []}')
+    return path
+
+
+def test_unpack_is_atomic_checks_counts_and_refuses_a_truncated_zip(tmp_path):
+    from pipeline.download import unpack_zip
+
+    archive = zip_with_images(tmp_path / "images.zip", {"train2014": 3, "val2014": 2})
+    # an interrupted earlier unpack left a hidden folder: it is redone, never mistaken for the result
+    (tmp_path / ".coco.unpacking/train2014").mkdir(parents=True)
+    counts = unpack_zip(archive, tmp_path / "coco", {"train2014": 3, "val2014": 2})
+    assert counts["train2014"] == 3 and (tmp_path / "coco/val2014").is_dir()
+    assert not (tmp_path / ".coco.unpacking").exists()
+
+    with pytest.raises(DownloadError, match=r"train2014/ has 3 files, expected 82,783"):
+        unpack_zip(archive, tmp_path / "other", {"train2014": 82783})
+    assert not (tmp_path / "other").exists() and not (tmp_path / ".other.unpacking").exists()
+
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(DownloadError, match="not a complete zip"):
+        unpack_zip(truncated, tmp_path / "third")
+    assert not (tmp_path / "third").exists()
+
+    only = unpack_zip(archive, tmp_path / "karpathy", members=["dataset_coco.json"])
+    assert only == {"dataset_coco.json": 1}
+
+
+def test_a_damaged_member_fails_the_unpack_and_leaves_nothing(tmp_path):
+    from pipeline.download import unpack_zip
+
+    archive = zip_with_images(tmp_path / "images.zip", {"train2014": 2})
+    data = bytearray(archive.read_bytes())
+    data[90:94] = b"XXXX"  # past the 71-byte local header: the first member's data, whose CRC-32 no longer matches
+    archive.write_bytes(bytes(data))
+    with pytest.raises(DownloadError, match="cannot be unpacked"):
+        unpack_zip(archive, tmp_path / "coco")
+    assert not (tmp_path / "coco").exists() and not (tmp_path / ".coco.unpacking").exists()

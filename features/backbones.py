@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 import torchvision
 
+from pipeline.digest import sha256_of
 from pipeline.errors import InputError
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_resnet(backbone: str, weights: str, seed: int = 0) -> tuple[torch.nn.Module, dict]:

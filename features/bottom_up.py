@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from features.backbones import sha256_of
 from features.config import ExtractorConfig
 from features.detector import caffe_preprocess
 from features.images import check_resized
 from features.store.format import region_rows
+from pipeline.digest import sha256_of
 from pipeline.errors import InputError
 
 

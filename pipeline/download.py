@@ -13,7 +13,6 @@ A file without a published checksum (the bottom-up detector weights) is pinned o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,9 +21,9 @@ import time
 from pathlib import Path
 
 from pipeline.atomic import write_json
+from pipeline.digest import sha256_of
 from pipeline.errors import InputError
 
-CHUNK = 1 << 20  # 1 MiB per hashing read
 NET_CHUNK = 1 << 16  # 64 KiB per network read: a dropped connection loses at most the chunk being read
 
 
@@ -34,14 +33,6 @@ class DownloadError(InputError):
 
 def part_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.part")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def by_hand(url: str, target: Path) -> str:

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from captioner.data.demo import generate
-from features.backbones import build_resnet, sha256_of
+from features.backbones import build_resnet
 from features.pretrain import cell_targets
 from features.store.reader import FeatureStore
+from pipeline.digest import sha256_of
 from tests.faults.helpers import manifest_for
 from tests.workflow_helpers import copy_workflow, edit_config, planned_jobs, snakemake
 

@@ -38,6 +38,7 @@ check-java:
 lint: setup
 	snakefmt --check Snakefile workflow
 	snakemake --lint --configfile config/config.yaml
+	snakemake --lint --configfile config/coco.yaml
 
 clean-demo:
 	rm -rf results/demo

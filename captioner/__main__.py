@@ -8,6 +8,7 @@ from pipeline.cli import main as run_commands
 
 COMMANDS = {
     "download": ("captioner.data.download", "fetch one file with resume, size and SHA-256 checks"),
+    "unpack": ("captioner.data.unpack", "unpack one folder or file of a zip atomically, checking its file count"),
     "demo-data": ("captioner.data.demo", "generate the embedded shapes dataset (Karpathy format)"),
     "image-manifest": ("captioner.data.manifest", "the image list (id, path, split) the feature stage reads"),
     "prepare-text": ("captioner.data.text", "vocabulary + encoded captions from a Karpathy JSON"),

@@ -36,8 +36,7 @@ def part_path(target: Path) -> Path:
 
 
 def by_hand(url: str, target: Path) -> str:
-    return (f"download it by hand (e.g. `curl -L -o {target} {url}`) and place it at {target}: the same rule then "
-            "verifies and uses it")
+    return f"download it by hand (e.g. `curl -L -o {target} '{url}'`), place it at {target} and rerun"
 
 
 def check_space(folder: Path, needed: int, url: str) -> None:
@@ -154,30 +153,114 @@ def fetch_pinned(url: str, target: str | Path, lock: str | Path, **options) -> s
     return digest
 
 
+def fetch_many(items: list[tuple[str, str | Path]], workers: int = 8, retries: int = 3, backoff: float = 2.0,
+               timeout: float = 60.0, progress: bool = True) -> list[tuple[str, str]]:
+    """Fetch many small files (nocaps images by their per-image URL), at most ``workers`` transfers at once.
+
+    Each file is a :func:`fetch` (retries with back-off, resume, atomic rename; one there already is kept). Returns
+    the failures as (url, reason), in the order given, for the caller to list.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    def one(item):
+        url, target = item
+        try:
+            fetch(url, target, retries=retries, backoff=backoff, timeout=timeout, progress=False)
+            return None
+        except DownloadError as error:
+            return url, str(error).removeprefix(f"{url}: ")
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(tqdm(pool.map(one, items), total=len(items), unit="file", disable=not progress,
+                            file=sys.stderr, mininterval=2))
+    return [failure for failure in results if failure is not None]
+
+
+def fetch_torchvision_weights(backbone: str, name: str, target: str | Path, retries: int = 3,
+                              backoff: float = 2.0, progress: bool = True) -> str:
+    """torchvision's ``name`` weights of ``backbone`` (``resnet101``, ``IMAGENET1K_V1``) saved at ``target``.
+
+    The transfer and its check are torch.hub's, as torchvision runs them: the file name in the URL carries the
+    first digits of the file's SHA-256 (``resnet101-63fe2227.pth``) and ``download_url_to_file`` refuses a file
+    whose digest does not start with them. A file already at ``target`` gets the same check. Returns the SHA-256.
+    """
+    import torchvision
+
+    try:
+        url = torchvision.models.get_model_weights(backbone)[name].url
+    except (KeyError, ValueError):
+        raise DownloadError(f"torchvision has no weights {name!r} for {backbone}") from None
+    return fetch_hub_file(url, target, retries=retries, backoff=backoff, progress=progress)
+
+
+def fetch_hub_file(url: str, target: str | Path, retries: int = 3, backoff: float = 2.0,
+                   progress: bool = True) -> str:
+    """:func:`fetch_torchvision_weights` for any torch.hub-style URL (``NAME-<sha256 prefix>.EXT``)."""
+    import http.client
+    import urllib.error
+
+    from torch import hub
+
+    target = Path(target)
+    match = hub.HASH_REGEX.search(Path(url).name)
+    prefix = match.group(1) if match else None
+    if target.exists():
+        digest = sha256_of(target)
+        if prefix and not digest.startswith(prefix):
+            raise DownloadError(f"{url}: checksum mismatch for {target}: expected a sha256 starting {prefix}, "
+                                f"got {digest}")
+        return digest
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(retries + 1):
+        try:
+            # torch writes a temporary file beside the target and moves it there only after the hash check
+            hub.download_url_to_file(url, str(target), hash_prefix=prefix, progress=progress)
+            return sha256_of(target)
+        except urllib.error.HTTPError as error:  # 403, 404: not retried
+            raise DownloadError(f"{url}: HTTP {error.code} {error.reason}; {by_hand(url, target)}") from None
+        except RuntimeError as error:  # torch.hub: invalid hash value (expected ..., got ...)
+            raise DownloadError(f"{url}: checksum mismatch for {target}: {error}") from None
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
+            if attempt == retries:
+                raise DownloadError(f"{url}: no connection after {retries + 1} attempts ({error}); "
+                                    f"{by_hand(url, target)}") from None
+            time.sleep(backoff * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
 def unpack_zip(archive: str | Path, target: str | Path, expected_files: dict[str, int] | None = None,
-               members: list[str] | None = None) -> dict[str, int]:
+               members: list[str] | None = None, top: str | None = None) -> dict[str, int]:
     """Unpack ``archive`` into the folder ``target`` atomically: into a hidden sibling first, then renamed.
 
     A truncated zip (no central directory) is refused before anything is written, and zipfile checks each member's
     CRC as it is read; ``expected_files`` ({top folder: number of files}, e.g. {"train2014": 82783}) is checked before
     the rename; an interrupted unpack leaves only the hidden folder, which the rerun removes and redoes. ``members``
-    unpacks only those names (``dataset_coco.json`` out of Karpathy's zip). Returns the file count per top folder.
+    unpacks only those names (``dataset_coco.json`` out of Karpathy's zip). ``top`` names the one entry of the zip's
+    top level that is unpacked and becomes ``target`` itself (``train2014`` of ``train2014.zip`` -> ``data/coco/train2014``; a file
+    such as ``dataset_coco.json`` works too). Returns the file count per top-level entry of the zip.
     """
     import zipfile
 
     archive, target = Path(archive), Path(target)
     if target.exists():
-        return count_files(target)
+        return {top: count_entry(target)} if top else count_files(target)
     try:
         handle = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as error:
         raise DownloadError(f"{archive}: not a complete zip file ({error}); delete it so it is downloaded again") from None
     with handle:
         names = members if members is not None else [info.filename for info in handle.infolist()]
+        if top is not None and members is None:  # only the entry's own members (Karpathy's Flickr files stay packed)
+            names = [name for name in names if name == top or name.startswith(f"{top}/")]
+            if not names:
+                raise DownloadError(f"{archive}: has no top-level {top}")
         unknown = sorted(set(names) - set(handle.namelist()))
         if unknown:
             raise DownloadError(f"{archive}: has no {unknown[0]}")
         needed = sum(handle.getinfo(name).file_size for name in names)
+        target.parent.mkdir(parents=True, exist_ok=True)
         check_space(target.parent, needed, str(archive))
         staging = target.with_name(f".{target.name}.unpacking")
         shutil.rmtree(staging, ignore_errors=True)  # what an interrupted run left
@@ -194,13 +277,18 @@ def unpack_zip(archive: str | Path, target: str | Path, expected_files: dict[str
         shutil.rmtree(staging, ignore_errors=True)
         listed = ", ".join(f"{folder}/ has {have:,} files, expected {want:,}" for folder, (have, want) in wrong.items())
         raise DownloadError(f"{archive}: {listed}")
-    os.replace(staging, target)
+    if top is None:
+        os.replace(staging, target)
+        return counts
+    os.replace(staging / top, target)
+    shutil.rmtree(staging, ignore_errors=True)
     return counts
 
 
 def count_files(folder: Path) -> dict[str, int]:
     """Files per top-level entry of ``folder`` (a file at the top counts under its own name)."""
-    counts: dict[str, int] = {}
-    for entry in folder.iterdir():
-        counts[entry.name] = sum(1 for p in entry.rglob("*") if p.is_file()) if entry.is_dir() else 1
-    return counts
+    return {entry.name: count_entry(entry) for entry in folder.iterdir()}
+
+
+def count_entry(entry: Path) -> int:
+    return sum(1 for p in entry.rglob("*") if p.is_file()) if entry.is_dir() else 1

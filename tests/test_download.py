@@ -4,59 +4,13 @@ checks, HTTP errors naming the URL, pinning a file that has no published checksu
 from __future__ import annotations
 
 import hashlib
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from pipeline.download import DownloadError, fetch, fetch_pinned, part_path, pinned_sha256
+from tests.http_server import Server
 
 PAYLOAD = bytes(range(256)) * 4000  # 1,024,000 bytes
-
-
-class Server:
-    """Serves ``files`` with Range support; ``drop_after[name] = n`` closes the first response after n bytes."""
-
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.drop_after: dict[str, int] = {}
-        self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
-        self.honour_range = True
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # quiet
-                pass
-
-            def do_GET(self):
-                name = self.path.lstrip("/")
-                outer.requests.append((name, self.headers.get("Range")))
-                if name not in outer.files:
-                    self.send_error(404, "Not Found")
-                    return
-                data, start = outer.files[name], 0
-                ranged = self.headers.get("Range") if outer.honour_range else None
-                if ranged:
-                    start = int(ranged.removeprefix("bytes=").split("-")[0])
-                    if start >= len(data):
-                        self.send_response(416)
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(data) - start))
-                self.end_headers()
-                body = data[start:]
-                cut = outer.drop_after.pop(name, None)
-                self.wfile.write(body if cut is None else body[:cut])
-                if cut is not None:
-                    self.close_connection = True
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
 
 @pytest.fixture
@@ -64,7 +18,7 @@ def server():
     served = Server()
     served.files["train2014.zip"] = PAYLOAD
     yield served
-    served.httpd.shutdown()
+    served.close()
 
 
 def sha(data: bytes) -> str:
@@ -84,6 +38,13 @@ def test_a_dropped_connection_resumes_with_a_range_request_for_the_rest(server, 
     # a second run downloads nothing: the file there is verified
     assert fetch(f"{server.url}/train2014.zip", target, size=len(PAYLOAD), sha256=sha(PAYLOAD)) == digest
     assert len(server.requests) == 2
+
+
+def test_a_transfer_an_earlier_run_left_is_resumed_from_its_length(server, tmp_path):
+    target = tmp_path / "train2014.zip"
+    part_path(target).write_bytes(PAYLOAD[:123_456])  # the run was killed (or gave up) after these bytes
+    fetch(f"{server.url}/train2014.zip", target, size=len(PAYLOAD), sha256=sha(PAYLOAD), progress=False)
+    assert target.read_bytes() == PAYLOAD and server.requested("train2014.zip") == ["bytes=123456-"]
 
 
 def test_a_server_that_ignores_range_restarts_the_transfer(server, tmp_path):
@@ -198,3 +159,70 @@ def test_a_damaged_member_fails_the_unpack_and_leaves_nothing(tmp_path):
     with pytest.raises(DownloadError, match="cannot be unpacked"):
         unpack_zip(archive, tmp_path / "coco")
     assert not (tmp_path / "coco").exists() and not (tmp_path / ".coco.unpacking").exists()
+
+
+def test_unpack_of_one_top_level_entry_renames_it_into_place(tmp_path):
+    from pipeline.download import unpack_zip
+
+    archive = zip_with_images(tmp_path / "train2014.zip", {"train2014": 3, "val2014": 1})
+    counts = unpack_zip(archive, tmp_path / "coco/train2014", {"train2014": 3}, top="train2014")
+    assert counts == {"train2014": 3}  # only the entry's members were unpacked
+    assert sorted(p.name for p in (tmp_path / "coco/train2014").iterdir()) == [
+        f"COCO_train2014_{i:012d}.jpg" for i in range(3)]
+    assert sorted(p.name for p in (tmp_path / "coco").iterdir()) == ["train2014"]  # no staging left
+    assert unpack_zip(archive, tmp_path / "coco/train2014", top="train2014") == {"train2014": 3}  # a rerun: kept
+    unpack_zip(archive, tmp_path / "coco/dataset_coco.json", top="dataset_coco.json")
+    assert (tmp_path / "coco/dataset_coco.json").read_text() == '{"images": []}'
+    with pytest.raises(DownloadError, match="has no top-level test2014"):
+        unpack_zip(archive, tmp_path / "coco/test2014", top="test2014")
+    assert not (tmp_path / "coco/test2014").exists()
+
+
+def test_the_unpack_command_names_a_wrong_count_in_one_error_line(tmp_path):
+    import subprocess
+    import sys
+
+    archive = zip_with_images(tmp_path / "val2014.zip", {"val2014": 2})
+    result = subprocess.run([sys.executable, "-m", "captioner", "unpack", "--zip", str(archive), "--entry", "val2014",
+                             "--out", str(tmp_path / "val2014"), "--expect-files", "40504"],
+                            capture_output=True, text=True)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "val2014/ has 2 files, expected 40,504" in errors[0]
+    assert not (tmp_path / "val2014").exists()
+
+
+def test_many_files_are_fetched_with_bounded_concurrency_and_a_list_of_failures(server, tmp_path):
+    from pipeline.download import fetch_many
+
+    for i in range(12):
+        server.files[f"val/{i:04d}.jpg"] = bytes([i]) * 5000
+    server.delay = 0.05
+    items = [(f"{server.url}/val/{i:04d}.jpg", tmp_path / f"{i:04d}.jpg") for i in range(12)]
+    items.insert(3, (f"{server.url}/val/gone.jpg", tmp_path / "gone.jpg"))
+    failures = fetch_many(items, workers=3, retries=1, backoff=0.01, progress=False)
+    assert failures == [(f"{server.url}/val/gone.jpg", failures[0][1])] and "404" in failures[0][1]
+    assert all((tmp_path / f"{i:04d}.jpg").read_bytes() == bytes([i]) * 5000 for i in range(12))
+    assert 1 < server.max_active <= 3
+    assert server.requested("val/gone.jpg") == [None]  # a 404 is not retried
+    assert not (tmp_path / "gone.jpg").exists()
+
+
+def test_torch_hub_style_weights_are_checked_by_the_digest_prefix_in_their_name(server, tmp_path):
+    from pipeline.download import fetch_hub_file
+
+    prefix = sha(PAYLOAD)[:8]
+    server.files[f"tiny-{prefix}.pth"] = PAYLOAD
+    server.files["tiny-00000000.pth"] = PAYLOAD
+    target = tmp_path / "weights/tiny.pth"
+    assert fetch_hub_file(f"{server.url}/tiny-{prefix}.pth", target, progress=False) == sha(PAYLOAD)
+    assert target.read_bytes() == PAYLOAD
+    with pytest.raises(DownloadError, match="checksum mismatch") as raised:
+        fetch_hub_file(f"{server.url}/tiny-00000000.pth", tmp_path / "bad.pth", progress=False)
+    assert sha(PAYLOAD) in str(raised.value) and not (tmp_path / "bad.pth").exists()
+    assert list(tmp_path.glob("*.partial")) == []  # torch.hub's temporary file is gone too
+    with pytest.raises(DownloadError, match="HTTP 404.*by hand"):
+        fetch_hub_file(f"{server.url}/missing-{prefix}.pth", tmp_path / "missing.pth", progress=False)
+    # a file placed by hand gets the same check
+    (tmp_path / "placed.pth").write_bytes(PAYLOAD[::-1])
+    with pytest.raises(DownloadError, match=f"starting {prefix}"):
+        fetch_hub_file(f"{server.url}/tiny-{prefix}.pth", tmp_path / "placed.pth", progress=False)

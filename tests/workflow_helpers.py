@@ -7,7 +7,9 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -38,11 +40,29 @@ def clone_run(source: Path, dest: Path) -> Path:
     return dest
 
 
-def environment() -> dict:
+def environment(slurm: bool = False) -> dict:
+    """The environment of a snakemake call: this virtualenv first on PATH, no PYTHONPATH (jobs set their own).
+
+    Unless ``slurm``, SLURM's ``scontrol`` is shadowed by one that fails at once: the SLURM executor plugin runs
+    ``scontrol show config`` (10 s timeout) whenever Snakemake starts, and on a machine with SLURM's client but no
+    controller running (ours, once tests/slurm has installed it) every snakemake call would wait those 10 s.
+    """
     env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    paths = [str(Path(sys.executable).parent), env.get("PATH", "")]
+    if not slurm:
+        paths.insert(0, str(failing_scontrol_dir()))
+    env["PATH"] = os.pathsep.join(paths)
     env.pop("PYTHONPATH", None)
     return env
+
+
+@lru_cache(maxsize=None)
+def failing_scontrol_dir() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="no-slurm-"))
+    scontrol = folder / "scontrol"
+    scontrol.write_text("#!/bin/sh\necho 'scontrol: no SLURM controller for this test' >&2\nexit 1\n")
+    scontrol.chmod(0o755)
+    return folder
 
 
 def snakemake(workdir: Path, *args: str, configfile: str = TINY_CONFIG, check: bool = True,

@@ -76,8 +76,8 @@ def submit(workdir: Path, *targets: str) -> tuple[subprocess.CompletedProcess, f
     command = [sys.executable, "-m", "snakemake", "--workflow-profile", cluster_profile(workdir), "--configfile",
                TINY_CONFIG, "--verbose", *targets]
     start = time.perf_counter()
-    result = subprocess.run(command, cwd=workdir, env=environment(), capture_output=True, text=True, timeout=1200,
-                            check=False)
+    result = subprocess.run(command, cwd=workdir, env=environment(slurm=True), capture_output=True, text=True,
+                            timeout=1200, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result, time.perf_counter() - start
 

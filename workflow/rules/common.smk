@@ -25,14 +25,36 @@ TABLES = [
     f"{RUN}/tables/samples.md",
 ]
 
+# dataset.download: COCO and Karpathy's splits are fetched into dataset.root by workflow/rules/download.smk
+DOWNLOAD = not DEMO and config["dataset"]["download"]
+DATA_ROOT = config["dataset"]["root"]
+WEIGHTS_ROOT = config["dataset"]["weights_root"]
+COCO_FOLDERS = ["train2014", "val2014"]  # the top folders of COCO's zips, and the Karpathy JSON's "filepath"
+# SHA-256 pins of downloads without a published checksum, beside the config file (config/coco.lock.json)
+CONFIG_FILE = Path((workflow.overwrite_configfiles or ["config/config.yaml"])[-1])
+LOCK_FILE = str(CONFIG_FILE.with_name(f"{CONFIG_FILE.stem}.lock.json"))
+
 if DEMO:
     KARPATHY_JSON = f"{RUN}/dataset/dataset_coco.json"
     IMAGE_ROOT = f"{RUN}/dataset"
     BOXES_JSON = f"{RUN}/dataset/boxes.json"
+    IMAGE_INPUTS = [f"{RUN}/dataset/images"]
+elif DOWNLOAD:
+    given = [key for key in ("karpathy_json", "image_root") if key in config["dataset"]]
+    if given:
+        raise ValueError(
+            f"dataset.download is true, so the data goes to dataset.root ({DATA_ROOT}); remove "
+            f"dataset.{given[0]}, or set dataset.download: false to use your own copies"
+        )
+    KARPATHY_JSON = f"{DATA_ROOT}/dataset_coco.json"
+    IMAGE_ROOT = DATA_ROOT
+    BOXES_JSON = config["features"]["regions"].get("boxes_json", "")
+    IMAGE_INPUTS = [f"{DATA_ROOT}/{folder}" for folder in COCO_FOLDERS]
 else:
     KARPATHY_JSON = config["dataset"]["karpathy_json"]
     IMAGE_ROOT = config["dataset"]["image_root"]
     BOXES_JSON = config["features"]["regions"].get("boxes_json", "")
+    IMAGE_INPUTS = []  # the user's image root: a fixed external folder (not tracked file by file)
 
 
 def code(*modules):
@@ -110,9 +132,17 @@ PRETRAINED_TRUNK = f"{RUN}/features/backbone.pt"
 PRETRAIN = config["features"]["pretrain"]  # defaults filled by the schema
 
 
+def torchvision_weights_name(weights):
+    """torchvision names its weights in capitals (IMAGENET1K_V1, DEFAULT); paths and none/pretrain are not."""
+    return weights.isupper() and weights.replace("_", "").isalnum() and not Path(weights).exists()
+
+
 def weights_path(kind):
-    """`weights: pretrain` means the trunk trained by rule pretrain_backbone; anything else is passed on."""
+    """`weights: pretrain` means the trunk trained by rule pretrain_backbone; with dataset.download a torchvision
+    name means the file rule torchvision_weights fetched; anything else is passed on."""
     weights = config["features"][kind]["weights"]
+    if DOWNLOAD and torchvision_weights_name(weights):
+        return f"{WEIGHTS_ROOT}/{config['features'][kind]['backbone']}-{weights}.pth"
     if weights != "pretrain":
         return weights
     if config["features"][kind]["backbone"] != PRETRAIN["backbone"]:
@@ -132,15 +162,27 @@ def weights_path(kind):
 MANIFEST = f"{RUN}/text/images.json"
 
 
+def fetched_weights(kind):
+    """The weights file of this kind that a rule produces (pretrain, download), or None."""
+    weights = config["features"][kind]["weights"]
+    if weights == "pretrain" or (DOWNLOAD and torchvision_weights_name(weights)):
+        return weights_path(kind)
+    if kind == "regions" and DOWNLOAD and detector_weights_url():
+        return weights
+    return None
+
+
+def detector_weights_url():
+    regions = config["features"]["regions"]
+    return regions["weights_url"] if regions["boxes"] == "detector" else ""
+
+
 def extract_inputs(wildcards):
-    # demo images are a rule output; a COCO image root is a fixed external folder (not tracked file by file)
-    inputs = {"manifest": MANIFEST}
-    if DEMO:
-        inputs["images"] = f"{RUN}/dataset/images"
+    inputs = {"manifest": MANIFEST, "images": IMAGE_INPUTS}
     if wildcards.kind == "regions" and config["features"]["regions"]["boxes"] == "given":
         inputs["boxes"] = BOXES_JSON
-    if config["features"][wildcards.kind]["weights"] == "pretrain":
-        inputs["weights"] = weights_path(wildcards.kind)
+    if fetched_weights(wildcards.kind):
+        inputs["weights"] = fetched_weights(wildcards.kind)
     return inputs
 
 
@@ -200,8 +242,7 @@ def attention_inputs(wildcards):
         "features": store_path("grid"),
         "captions": f"{RUN}/text/captions.json",
     }
-    if DEMO:
-        inputs["images"] = f"{RUN}/dataset/images"
+    inputs["images"] = IMAGE_INPUTS
     return inputs
 
 
@@ -236,3 +277,22 @@ def extra_split_scores():
 wildcard_constraints:
     model="|".join(BUILDABLE_MODELS),
     split="val|test",
+
+
+# dataset.download (workflow/rules/download.smk)
+SOURCES = config["dataset"]["sources"]
+KEEP_ZIPS = config["dataset"]["keep_zips"]
+ZIP_DIR = f"{DATA_ROOT}/zips"
+
+
+def fetch_zip_command(source, zip_path):
+    """Download and verify one zip; the space check counts the zip twice (the zip, then what is unpacked)."""
+    s = SOURCES[source]
+    return (
+        f"python -m captioner download --url {shlex.quote(s['url'])} --out {zip_path} --size {s['size']}"
+        f" --sha256 {s['sha256']} --extra-space {s['size']}"
+    )
+
+
+def drop_zip(zip_path):
+    return "" if KEEP_ZIPS else f" && rm -f {zip_path}"

@@ -15,7 +15,7 @@ rule pretrain_backbone:
     input:
         manifest=MANIFEST,
         boxes=BOXES_JSON or [],
-        images=f"{RUN}/dataset/images" if DEMO else [],
+        images=IMAGE_INPUTS,
     output:
         trunk=PRETRAINED_TRUNK,
         report=PRETRAINED_TRUNK.removesuffix(".pt") + ".json",

@@ -1,0 +1,84 @@
+# Stage -1 (dataset.download): COCO 2014, Karpathy's splits and the weights the config names, fetched and checked
+# (python -m captioner download / unpack, pipeline/download.py). Local rules: under SLURM they run where Snakemake
+# runs, which has internet; compute nodes then find everything on disk. A transfer resumes where it stopped, and a
+# zip placed by hand at the path an error names is verified by the same rule and used.
+# No code fingerprint here: what these jobs produce is pinned by its checksum (or file count), not by our code.
+
+
+localrules:
+    coco_images,
+    karpathy_json,
+    torchvision_weights,
+
+
+rule coco_images:
+    output:
+        directory(f"{DATA_ROOT}/{{folder}}"),
+    log:
+        f"{DATA_ROOT}/logs/{{folder}}.log",
+    wildcard_constraints:
+        folder="|".join(COCO_FOLDERS),
+    conda:
+        "../../envs/download.yaml"
+    params:
+        fetch=lambda wc: fetch_zip_command(wc.folder, f"{ZIP_DIR}/{wc.folder}.zip"),
+        zip=lambda wc: f"{ZIP_DIR}/{wc.folder}.zip",
+        files=lambda wc: SOURCES[wc.folder]["files"],
+        drop=lambda wc: drop_zip(f"{ZIP_DIR}/{wc.folder}.zip"),
+    shell:
+        # to the terminal as well as the log: the progress bar (bytes/s, ETA) of a multi-hour transfer
+        "({params.fetch} && python -m captioner unpack --zip {params.zip} --entry {wildcards.folder}"
+        " --out {output} --expect-files {params.files}{params.drop}) 2>&1 | tee {log} >&2"
+
+
+rule karpathy_json:
+    output:
+        KARPATHY_JSON,
+    log:
+        f"{DATA_ROOT}/logs/karpathy_json.log",
+    conda:
+        "../../envs/download.yaml"
+    params:
+        fetch=fetch_zip_command("karpathy", f"{ZIP_DIR}/caption_datasets.zip"),
+        zip=f"{ZIP_DIR}/caption_datasets.zip",
+        drop=drop_zip(f"{ZIP_DIR}/caption_datasets.zip"),
+    shell:
+        "({params.fetch} && python -m captioner unpack --zip {params.zip} --entry dataset_coco.json"
+        " --out {output}{params.drop}) 2>&1 | tee {log} >&2"
+
+
+rule torchvision_weights:
+    # ImageNet weights of a grid (or given-boxes) trunk, checked by torch.hub as torchvision checks them
+    output:
+        f"{WEIGHTS_ROOT}/{{backbone}}-{{weights}}.pth",
+    log:
+        f"{WEIGHTS_ROOT}/logs/{{backbone}}-{{weights}}.log",
+    wildcard_constraints:
+        backbone=r"resnet\d+",
+        weights=r"[A-Z0-9_]+",
+    conda:
+        "../../envs/features.yaml"
+    shell:
+        "python -m captioner download --torchvision {wildcards.backbone}:{wildcards.weights} --out {output}"
+        " 2>&1 | tee {log} >&2"
+
+
+if detector_weights_url():
+
+    localrules:
+        detector_weights,
+
+    rule detector_weights:
+        # no checksum is published: the first download's SHA-256 is pinned in LOCK_FILE and checked from then on
+        output:
+            config["features"]["regions"]["weights"],
+        log:
+            f"{WEIGHTS_ROOT}/logs/detector_weights.log",
+        conda:
+            "../../envs/download.yaml"
+        params:
+            url=shlex.quote(detector_weights_url()),
+            lock=LOCK_FILE,
+        shell:
+            "python -m captioner download --url {params.url} --out {output} --lock {params.lock}"
+            " 2>&1 | tee {log} >&2"

@@ -32,8 +32,15 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 
 
+if NOCAPS_ON:
+
+    include: "workflow/rules/nocaps.smk"
+
+
 rule all:
     input:
         TABLES,
+        SIGNIFICANCE,
         attention_outputs(),
         extra_split_scores(),
+        nocaps_outputs(),

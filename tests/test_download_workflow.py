@@ -135,18 +135,22 @@ def test_the_coco_config_plans_every_download_before_the_jobs_that_read_it(tmp_p
     assert planned["coco_images"] == 2 and planned["karpathy_json"] == 1
     assert planned["torchvision_weights"] == 1 and planned["detector_weights"] == 1
     assert planned["extract_features"] == 2 and planned["tables"] == 1
+    assert planned["nocaps_json"] == 1 and planned["nocaps_images"] == 1 and planned["nocaps_tables"] == 1
     graph = snakemake(workdir, "--rulegraph", configfile="config/coco.yaml").stdout
     names = dict(re.findall(r'(\d+)\[label = "(\w+)"', graph))
     edges = {(names[a], names[b]) for a, b in re.findall(r"(\d+) -> (\d+)", graph)}
     for download in ("coco_images", "torchvision_weights", "detector_weights"):
         assert (download, "extract_features") in edges
+    assert ("nocaps_images", "prepare_nocaps") in edges and ("nocaps_json", "nocaps_images") in edges
+    assert ("detector_weights", "extract_nocaps_features") in edges
     assert ("karpathy_json", "image_manifest") in edges and ("karpathy_json", "prepare_text") in edges
     # with download off, the same config names your own copies and nothing is fetched
     config = yaml.safe_load((workdir / "config/coco.yaml").read_text())
     config["dataset"] = {"source": "karpathy", "download": False, "karpathy_json": "/data/coco/dataset_coco.json",
                          "image_root": "/data/coco"}
     config["features"]["regions"]["weights"] = str(PROJECT / "README.md")  # any existing file
+    config["evaluate"]["nocaps"] = {"source": "none"}
     (workdir / "own.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(workdir, "-n", configfile="own.yaml", check=False)
     output = result.stdout + result.stderr
-    assert not any(rule in output for rule in ("coco_images", "karpathy_json", "torchvision_weights"))
+    assert not any(rule in output for rule in ("coco_images", "karpathy_json", "torchvision_weights", "nocaps_json"))

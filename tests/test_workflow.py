@@ -41,13 +41,18 @@ def test_full_run_writes_a_row_per_model(finished_run):
         assert row["beam_size"] == "2"
     markdown = (finished_run / RUN / "tables/scores.md").read_text()
     assert all(f"`{m}`" in markdown for m in MODELS)
-    predictions = json.loads((finished_run / RUN / "eval/m2_scst/predictions_test.json").read_text())
+    predictions = json.loads((finished_run / RUN / "eval/m2_scst/seed0/predictions_test.json").read_text())
     assert len(predictions) == 8 and {"image_id", "caption"} <= set(predictions[0])
     for model in ("sat_soft", "sat_hard"):
         for i in range(2):
-            figure = finished_run / RUN / f"eval/{model}/attention/{i:02d}.png"
+            figure = finished_run / RUN / f"eval/{model}/seed0/attention/{i:02d}.png"
             assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not (finished_run / RUN / "eval/sat_soft_blind/attention").exists()
+    assert not (finished_run / RUN / "eval/sat_soft_blind/seed0/attention").exists()
+    significance = (finished_run / RUN / "tables/significance.md").read_text()
+    for pair in ("`sat_soft` vs `sat_soft_blind`", "`m2_scst` vs `m2_xe`", "`sat_hard` vs `sat_soft`"):
+        assert pair in significance
+    assert "approximate randomisation" in significance
+    assert "CIDEr-D CI low" in (finished_run / RUN / "tables/scores.csv").read_text()
 
 
 def test_second_run_does_nothing(run_copy):
@@ -58,17 +63,40 @@ def test_second_run_does_nothing(run_copy):
 def test_training_parameter_change_reruns_only_that_model(run_copy):
     grid = run_copy / RUN / "features/grid.h5"
     regions = run_copy / RUN / "features/regions.h5"
-    untouched = [grid, regions, run_copy / RUN / "models/sat_soft/checkpoint.pt",
-                 run_copy / RUN / "models/m2_xe/checkpoint.pt"]
+    untouched = [grid, regions, run_copy / RUN / "models/sat_soft/seed0/checkpoint.pt",
+                 run_copy / RUN / "models/m2_xe/seed0/checkpoint.pt"]
     before = {path: path.stat().st_mtime_ns for path in untouched}
-    retrained = run_copy / RUN / "models/sat_hard/checkpoint.pt"
+    retrained = run_copy / RUN / "models/sat_hard/seed0/checkpoint.pt"
     retrained_before = retrained.stat().st_mtime_ns
 
     edit_config(run_copy, lambda c: c["models"].__setitem__("sat_hard", {"lr": 0.002}))
-    assert planned_jobs(run_copy) == Counter(train=1, attention_maps=1, decode=1, score=1, tables=1, all=1)
+    assert planned_jobs(run_copy) == Counter(train=1, attention_maps=1, decode=1, score=1, tables=1,
+                                             significance=1, all=1)
     snakemake(run_copy)
     assert {path: path.stat().st_mtime_ns for path in untouched} == before
     assert retrained.stat().st_mtime_ns != retrained_before
+
+
+def test_a_second_seed_adds_only_its_own_jobs_and_removing_it_reruns_only_the_tables(run_copy):
+    first = run_copy / RUN / "models/sat_soft/seed0/checkpoint.pt"
+    before = first.stat().st_mtime_ns
+    edit_config(run_copy, lambda c: c["models"].__setitem__("sat_soft", {"seeds": [0, 1]}))
+    # sat_soft and its blind baseline (the same recipe) each get a seed-1 training, decode and score
+    assert planned_jobs(run_copy) == Counter(train=2, decode=2, score=2, tables=1, significance=1, all=1)
+    snakemake(run_copy)
+    assert first.stat().st_mtime_ns == before and (run_copy / RUN / "models/sat_soft/seed1/checkpoint.pt").exists()
+    with open(run_copy / RUN / "tables/scores.csv") as handle:
+        rows = {row["model"]: row for row in csv.DictReader(handle)}
+    seeds = [json.loads((run_copy / RUN / f"eval/sat_soft/seed{k}/scores_test.json").read_text())["corpus"]["CIDEr-D"]
+             for k in (0, 1)]
+    assert rows["sat_soft"]["seeds"] == "0,1" and rows["sat_hard"]["seeds"] == "0"
+    assert float(rows["sat_soft"]["CIDEr-D"]) == pytest.approx(sum(seeds) / 2, abs=0.01)
+    assert float(rows["sat_soft"]["CIDEr-D std"]) == pytest.approx(abs(seeds[0] - seeds[1]) / 2 ** 0.5, abs=0.01)
+    low, high = float(rows["sat_soft"]["CIDEr-D CI low"]), float(rows["sat_soft"]["CIDEr-D CI high"])
+    assert low <= min(seeds) <= max(seeds) <= high or low <= sum(seeds) / 2 <= high
+    assert "seeds 2 vs 2, averaged" in (run_copy / RUN / "tables/significance.md").read_text()
+    edit_config(run_copy, lambda c: c["models"].__setitem__("sat_soft", {"seeds": [0]}))
+    assert planned_jobs(run_copy) == Counter(tables=1, significance=1, all=1)
 
 
 def test_feature_parameter_change_reruns_extraction_and_everything_after(run_copy):
@@ -76,7 +104,8 @@ def test_feature_parameter_change_reruns_extraction_and_everything_after(run_cop
     sat_models = sum(m.startswith("sat") for m in MODELS)
     sighted = sum(m.startswith("sat") and not m.endswith("blind") for m in MODELS)
     assert planned_jobs(run_copy) == Counter(extract_features=1, train=sat_models, attention_maps=sighted,
-                                             decode=sat_models, score=sat_models, tables=1, all=1)
+                                             decode=sat_models, score=sat_models, tables=1, significance=1,
+                                             all=1)
 
 
 SAT = [m for m in MODELS if m.startswith("sat")]
@@ -85,21 +114,23 @@ M2 = [m for m in MODELS if m.startswith("m2")]
 
 def after_training(models) -> Counter:
     """The jobs that retraining ``models`` plans: their training, decoding, scoring, attention figures, tables."""
-    jobs = Counter(train=len(models), decode=len(models), score=len(models), tables=1, all=1)
+    jobs = Counter(train=len(models), decode=len(models), score=len(models), tables=1, significance=1, all=1)
     jobs["attention_maps"] = sum(m.startswith("sat") and not m.endswith("blind") for m in models)
     return +jobs
 
 
 # the rerun matrix: a code edit of one module -> exactly the jobs that run it (and what depends on their outputs)
 RERUN_MATRIX = {
-    "decode command": ("captioner/evaluation/decode.py", Counter(decode=5, score=5, tables=1, all=1)),
-    "scorer": ("captioner/evaluation/scoring.py", Counter(score=5, tables=1, all=1)),
-    "tables": ("captioner/evaluation/tables.py", Counter(tables=1, all=1)),
+    "decode command": ("captioner/evaluation/decode.py", Counter(decode=5, score=5, tables=1, significance=1, all=1)),
+    "scorer": ("captioner/evaluation/scoring.py", Counter(score=5, tables=1, significance=1, all=1)),
+    "statistics": ("captioner/evaluation/statistics.py", Counter(score=5, tables=1, significance=1, all=1)),
+    "tables": ("captioner/evaluation/tables.py", Counter(tables=1, significance=1, all=1)),  # significance imports it
+    "significance": ("captioner/evaluation/significance.py", Counter(significance=1, all=1)),
     "region detector": ("features/detector.py", Counter()),  # the tiny run pools given boxes: no job runs it
     "given-box regions": ("features/regions.py", Counter(extract_features=1) + after_training(M2)),
     "grid extractor": ("features/grid.py", Counter(extract_features=1) + after_training(SAT)),
     "beam search": ("captioner/models/beam_search.py", Counter(train=1, decode=5, score=5, attention_maps=2, tables=1,
-                                                               all=1)),  # train: m2_scst samples with it
+                                                               significance=1, all=1)),  # train: m2_scst samples
     "M2 model file": ("captioner/models/m2.py", after_training(M2)),
     "SAT model file": ("captioner/models/sat.py", after_training(SAT)),
     "store reader": ("features/store/reader.py", after_training(MODELS)),
@@ -214,7 +245,7 @@ def test_caption_cli_on_a_demo_image(finished_run, tmp_path):
     def caption(model, paths, boxes_by_name=None):
         out = tmp_path / f"{model}.{len(paths)}.{paths[0].name}.json"
         command = [sys.executable, "-m", "captioner", "caption", "--model",
-                   str(finished_run / RUN / f"models/{model}/checkpoint.pt"), *map(str, paths), "--beam-size", "2",
+                   str(finished_run / RUN / f"models/{model}/seed0/checkpoint.pt"), *map(str, paths), "--beam-size", "2",
                    "--out", str(out)]
         if boxes_by_name is not None:  # trained on given boxes: the caller supplies them, keyed by file name
             (tmp_path / "boxes.json").write_text(json.dumps(boxes_by_name))
@@ -244,7 +275,7 @@ def test_caption_cli_on_a_demo_image(finished_run, tmp_path):
     for on_error in ("fail", "skip"):
         out = tmp_path / f"bad.{on_error}.json"
         command = [sys.executable, "-m", "captioner", "caption", "--model",
-                   str(finished_run / RUN / "models/sat_soft/checkpoint.pt"), str(images[0]), str(truncated),
+                   str(finished_run / RUN / "models/sat_soft/seed0/checkpoint.pt"), str(images[0]), str(truncated),
                    str(bomb), "--beam-size", "2", "--out", str(out), "--on-error", on_error]
         result = subprocess.run(command, capture_output=True, text=True, env=environment(), cwd=finished_run)
         written = json.loads(out.read_text())

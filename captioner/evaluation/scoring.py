@@ -4,7 +4,7 @@ constructs SPICE and tries to download Stanford CoreNLP).
 - Captions are sanitised first: newlines and non-printable characters would desync METEOR's line protocol.
 - PTB tokenisation runs pycocoevalcap's CoreNLP jar with its temporary file in a writable temp
   directory, not inside site-packages (so a read-only install works).
-- One METEOR process per scoring run.
+- One METEOR process per scoring run (reused across subsets: :class:`MeteorProcess`).
 - Scores are reported on the 0-100 scale papers use; per-image scores are kept.
 """
 
@@ -104,15 +104,45 @@ def score_captions(predictions: dict, references: dict, metrics=METRICS) -> dict
 
     Returns {"corpus": {metric: 0-100 score}, "per_image": {image_id: {metric: score}}}.
     """
+    check_metrics(metrics)
+    gts, res = tokenize_for_scoring(predictions, references)
+    return score_tokenized(gts, res, metrics)
+
+
+def check_metrics(metrics) -> None:
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise InputError(f"unknown metrics {sorted(unknown)}; choose from {METRICS}")
+
+
+def tokenize_for_scoring(predictions: dict, references: dict) -> tuple[dict, dict]:
+    """PTB-tokenised references and predictions of the images in ``references`` (each needs a prediction)."""
     missing = [i for i in references if i not in predictions]
     if missing:
         raise MissingKeyError(f"no prediction for image id {missing[0]} ({len(missing)} missing)")
     ids = list(references)
-    gts = ptb_tokenize({i: list(references[i]) for i in ids})
-    res = ptb_tokenize({i: [predictions[i]] for i in ids})
+    return ptb_tokenize({i: list(references[i]) for i in ids}), ptb_tokenize({i: [predictions[i]] for i in ids})
+
+
+class MeteorProcess:
+    """pycocoevalcap's METEOR scorer (one Java process), closed on exit; reusable for several subsets."""
+
+    def __enter__(self):
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        self.meteor = Meteor()
+        return self.meteor
+
+    def __exit__(self, *exc):
+        self.meteor.meteor_p.stdin.close()
+        self.meteor.meteor_p.kill()
+        self.meteor.meteor_p.wait()
+
+
+def score_tokenized(gts: dict, res: dict, metrics=METRICS, meteor=None) -> dict:
+    """:func:`score_captions` on tokenised captions (``gts``/``res`` keyed by image id): every metric is computed over
+    exactly these images (CIDEr-D's document frequencies too). ``meteor``: a running :class:`MeteorProcess`."""
+    ids = list(gts)
     corpus: dict[str, float] = {}
     per_image: dict = {i: {} for i in ids}
 
@@ -128,15 +158,11 @@ def score_captions(predictions: dict, references: dict, metrics=METRICS) -> dict
         for n in range(4):
             record(f"BLEU-{n + 1}", values[n], per[n])
     if "meteor" in metrics:
-        from pycocoevalcap.meteor.meteor import Meteor
-
-        meteor = Meteor()
-        try:
+        if meteor is None:
+            with MeteorProcess() as own:
+                value, per = own.compute_score(gts, res)
+        else:
             value, per = meteor.compute_score(gts, res)
-        finally:
-            meteor.meteor_p.stdin.close()
-            meteor.meteor_p.kill()
-            meteor.meteor_p.wait()
         record("METEOR", value, per)
     if "rouge" in metrics:
         from pycocoevalcap.rouge.rouge import Rouge
@@ -154,7 +180,14 @@ def score_captions(predictions: dict, references: dict, metrics=METRICS) -> dict
         if available:
             value, per = run_spice(gts, res)
             record("SPICE", value, per)
-    return {"corpus": corpus, "per_image": {str(i): v for i, v in per_image.items()}, "spice": spice_note}
+    scores = {"corpus": corpus, "per_image": {str(i): v for i, v in per_image.items()}, "spice": spice_note}
+    if "bleu" in metrics:  # what resampled corpus BLEU is rebuilt from (captioner.evaluation.statistics)
+        from captioner.evaluation.statistics import bleu_statistics
+
+        scores["bleu_stats"] = bleu_statistics(gts, res)
+    if "METEOR" in corpus:  # resamples average per-image METEOR: how far that is from the corpus score here
+        scores["meteor_mean_minus_corpus"] = sum(v["METEOR"] for v in per_image.values()) / len(ids) - corpus["METEOR"]
+    return scores
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

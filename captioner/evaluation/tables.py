@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.atomic import write_text
 from pipeline.config import defaults
 
@@ -25,28 +27,79 @@ PUBLISHED = [
 ]
 
 
-def build_rows(score_files: list[str | Path]) -> list[dict]:
-    rows = []
+def seed_of(path: str | Path) -> str:
+    """The training seed of a score or prediction file under eval/<model>/seed<k>/ ("" elsewhere)."""
+    folder = Path(path).parent.name
+    return folder.removeprefix("seed") if folder.startswith("seed") else ""
+
+
+def model_of(path: str | Path, scores: dict | None = None) -> str:
+    if scores and "model" in scores:
+        return scores["model"]
+    parent = Path(path).parent
+    return parent.parent.name if seed_of(path) else parent.name
+
+
+def runs_by_model(score_files: list[str | Path]) -> dict[str, list[tuple[str, dict]]]:
+    """{model: [(seed, scores), ...]} in file order: a model with several training seeds has several score files."""
+    runs: dict[str, list[tuple[str, dict]]] = {}
     for path in score_files:
         with open(path, encoding="utf-8") as handle:
             scores = json.load(handle)
-        row = {"model": scores.get("model", Path(path).parent.name), "split": scores.get("split", ""),
-               "images": scores.get("images", ""), "beam_size": scores.get("beam_size", ""),
-               "epoch": scores.get("epoch", "")}
+        runs.setdefault(model_of(path, scores), []).append((seed_of(path), scores))
+    return runs
+
+
+def build_rows(score_files: list[str | Path], bootstrap: dict | None = None) -> list[dict]:
+    """One row per model. With ``bootstrap`` ({resamples, confidence, seed}) each metric gets an interval
+    (``<metric> CI``: [low, high]) over the split's images from the files' per-image statistics; a model trained with
+    several seeds gets the mean over seeds, their standard deviation (``<metric> std``) and an interval over images
+    and seeds together (each resample draws a seed and resamples its images)."""
+    from captioner.evaluation.statistics import intervals, per_image_arrays, pooled_intervals
+
+    rows = []
+    for model, runs in runs_by_model(score_files).items():
+        first = runs[0][1]
+        epochs = [str(scores.get("epoch", "")) for _, scores in runs]
+        row = {"model": model, "split": first.get("split", ""), "images": first.get("images", ""),
+               "beam_size": first.get("beam_size", ""), "epoch": epochs[0] if len(runs) == 1 else "/".join(epochs),
+               "seeds": ",".join(seed for seed, _ in runs)}
         for column in COLUMNS:
-            if column in scores["corpus"]:
-                row[column] = round(scores["corpus"][column], 2)
+            values = [scores["corpus"][column] for _, scores in runs if column in scores["corpus"]]
+            if len(values) == len(runs):
+                row[column] = round(float(np.mean(values)), 2)
+                if len(runs) > 1:
+                    row[f"{column} std"] = round(float(np.std(values, ddof=1)), 2)
+        if bootstrap and all(scores.get("per_image") for _, scores in runs):
+            ids = sorted(first["per_image"], key=int)
+            arrays = [per_image_arrays(scores, ids) for _, scores in runs]
+            found = (intervals(arrays[0], bootstrap["resamples"], bootstrap["seed"], bootstrap["confidence"])
+                     if len(runs) == 1 else
+                     pooled_intervals(arrays, bootstrap["resamples"], bootstrap["seed"], bootstrap["confidence"]))
+            for metric, (low, high) in found.items():
+                row[f"{metric} CI"] = [round(low, 2), round(high, 2)]
         rows.append(row)
     return rows
 
 
 def to_csv(rows: list[dict]) -> str:
     metric_columns = [c for c in COLUMNS if any(c in r for r in rows)]
-    fields = ["model", "split", "images", "beam_size", "epoch", *metric_columns]
+    fields = ["model", "split", "images", "beam_size", "epoch", "seeds"]
+    for column in metric_columns:
+        fields.append(column)
+        if any(f"{column} std" in r for r in rows):
+            fields.append(f"{column} std")
+        if any(f"{column} CI" in r for r in rows):
+            fields += [f"{column} CI low", f"{column} CI high"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    for row in rows:
+        flat = dict(row)
+        for column in metric_columns:
+            if f"{column} CI" in row:
+                flat[f"{column} CI low"], flat[f"{column} CI high"] = row[f"{column} CI"]
+        writer.writerow(flat)
     return buffer.getvalue()
 
 
@@ -55,7 +108,19 @@ def published_rows() -> list[dict]:
             for name, scores in PUBLISHED]
 
 
-def to_markdown(rows: list[dict], title: str = "") -> str:
+def cell(row: dict, column: str) -> str:
+    if column not in row:
+        return "–"
+    text = f"{row[column]:.1f}"
+    if f"{column} std" in row:
+        text += f" ± {row[f'{column} std']:.1f}"
+    if f"{column} CI" in row:
+        low, high = row[f"{column} CI"]
+        text += f" [{low:.1f}, {high:.1f}]"
+    return text
+
+
+def to_markdown(rows: list[dict], title: str = "", confidence: float | None = None) -> str:
     metric_columns = [c for c in COLUMNS if any(c in r for r in rows)]
     header = ["model", *metric_columns, "beam", "epoch"]
     lines = [f"# {title}".rstrip(), ""] if title else []
@@ -63,13 +128,21 @@ def to_markdown(rows: list[dict], title: str = "") -> str:
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
     for row in rows:
         name = f"*{row['model']}*" if row["model"].startswith("published:") else f"`{row['model']}`"
-        cells = [name] + [f"{row[c]:.1f}" if c in row else "–" for c in metric_columns]
+        cells = [name] + [cell(row, c) for c in metric_columns]
         cells += [str(row.get("beam_size", "")), str(row.get("epoch", ""))]
         lines.append("| " + " | ".join(cells) + " |")
     split = rows[0]["split"] if rows else ""
     lines += ["", f"Scores on the {split} split ({rows[0]['images'] if rows else 0} images), 0–100 scale, "
               "pycocoevalcap (PTB-tokenised; CIDEr-D with document frequencies of the scored references). "
               "`*_blind` rows: the same model trained and decoded with the image features zeroed."]
+    if any(key.endswith(" std") for row in rows for key in row):
+        lines.append("± : the standard deviation over training seeds (a row's score is the mean over its seeds, listed "
+                     "in scores.csv); its interval then resamples seeds and images together.")
+    if confidence and any(key.endswith(" CI") for row in rows for key in row):
+        lines.append(f"[low, high]: the {confidence:.0%} percentile-bootstrap interval over the split's images "
+                     "(BLEU recomputed from resampled n-gram counts; CIDEr-D, ROUGE-L: means of per-image scores, "
+                     "CIDEr-D's document frequencies fixed from the full reference set; METEOR: mean of per-image "
+                     "scores, an approximation of its corpus aggregate).")
     if any(r["model"].startswith("published:") for r in rows):
         lines.append("*Italic rows* are the papers' published numbers on the Karpathy test split (5,000 images), for "
                      "comparison; they were not produced by this pipeline.")
@@ -81,7 +154,7 @@ def samples_markdown(prediction_files: list[str | Path], captions: dict, split: 
     by_model = {}
     for path in prediction_files:
         with open(path, encoding="utf-8") as handle:
-            by_model[Path(path).parent.name] = {int(p["image_id"]): p["caption"] for p in json.load(handle)}
+            by_model[model_of(path)] = {int(p["image_id"]): p["caption"] for p in json.load(handle)}
     lines = [f"# Sample captions ({split} split)", ""]
     for image in captions["splits"][split][:count]:
         image_id = int(image["image_id"])
@@ -102,17 +175,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default=defaults("evaluate")["split"])
     parser.add_argument("--samples", type=int, default=5)
     parser.add_argument("--out-samples", help="samples.md: a few images with every model's caption")
+    bootstrap = defaults("evaluate", "bootstrap")
+    parser.add_argument("--resamples", type=int, default=bootstrap["resamples"], help="bootstrap resamples (0: none)")
+    parser.add_argument("--confidence", type=float, default=bootstrap["confidence"])
+    parser.add_argument("--bootstrap-seed", type=int, default=bootstrap["seed"])
 
 
 def run(args) -> None:
-    rows = build_rows(args.scores)
+    bootstrap = {"resamples": args.resamples, "confidence": args.confidence, "seed": args.bootstrap_seed}
+    rows = build_rows(args.scores, bootstrap if args.resamples else None)
     if args.published:
         rows += published_rows()
     write_text(args.out_csv, to_csv(rows))
-    write_text(args.out_md, to_markdown(rows, args.title))
+    write_text(args.out_md, to_markdown(rows, args.title, args.confidence))
     if args.out_samples:
         from captioner.data.vocab import load_captions
 
         write_text(args.out_samples, samples_markdown(args.predictions, load_captions(args.captions), args.split,
                                                       args.samples))
-    print(to_markdown(rows, args.title), file=sys.stderr)
+    print(to_markdown(rows, args.title, args.confidence), file=sys.stderr)

@@ -97,7 +97,7 @@ def test_snakemake_killed_then_rerun_incomplete_redoes_only_unfinished_jobs(tmp_
     process = subprocess.Popen(command, cwd=workdir, env=environment(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     # both extraction jobs are finished once a SAT and an M2 training job have started
-    started = [run / "logs/train/sat_soft.log", run / "logs/train/m2_xe.log"]
+    started = [run / "logs/train/sat_soft.seed0.log", run / "logs/train/m2_xe.seed0.log"]
     try:
         wait_for(lambda: all(p.exists() for p in started), process, 600, "training started")
     finally:

@@ -129,7 +129,8 @@ def test_whole_dag_through_slurm_equals_a_local_run(cluster, finished_run, tmp_p
     report(f"sbatch (CPU rule): {calls['score'][:400]}")
 
     run = "results/tiny"
-    for path in ["tables/scores.csv", "eval/m2_scst/predictions_test.json", "eval/sat_hard/predictions_test.json"]:
+    for path in ["tables/scores.csv", "eval/m2_scst/seed0/predictions_test.json",
+                 "eval/sat_hard/seed0/predictions_test.json"]:
         assert (workdir / run / path).read_text() == (local / run / path).read_text(), path
 
     again, _ = submit(workdir)

@@ -4,6 +4,7 @@ import json
 import shlex
 from pathlib import Path
 
+from captioner.evaluation.significance import default_pairs
 from captioner.models.registry import ModelName, model_module, objective_module
 from features.config import extractor_module
 from pipeline.provenance import code_hash
@@ -24,6 +25,9 @@ TABLES = [
     f"{RUN}/tables/scores.md",
     f"{RUN}/tables/samples.md",
 ]
+# paired tests (evaluate.significance.pairs, or the default pairs among the configured models)
+SIGNIFICANCE_PAIRS = [tuple(p) for p in config["evaluate"]["significance"]["pairs"]] or default_pairs(MODELS)
+SIGNIFICANCE = [f"{RUN}/tables/significance.md", f"{RUN}/tables/significance.json"] if SIGNIFICANCE_PAIRS else []
 
 # dataset.download: COCO and Karpathy's splits are fetched into dataset.root by workflow/rules/download.smk
 DOWNLOAD = not DEMO and config["dataset"]["download"]
@@ -100,6 +104,40 @@ def hparams(model):
     if model != base:
         merged = deep_merge(merged, config["models"].get(model) or {})
     return merged
+
+
+# Training seeds (a DAG dimension): models/<model>/seed<k>/ and eval/<model>/seed<k>/ per seed
+MODEL_DIR = f"{RUN}/models/{{model}}/seed{{seed}}"
+EVAL_DIR = f"{RUN}/eval/{{model}}/seed{{seed}}"
+
+
+def seeds_of(model):
+    """models.<model>.seeds (a blind variant: its base model's), else train.seeds, else the recipe's own seed."""
+    for name in (model, model.removesuffix("_blind")):
+        seeds = (config["models"].get(name) or {}).get("seeds")
+        if seeds:
+            return seeds
+    return config["train"].get("seeds") or [hparams(model)["seed"]]
+
+
+def seed_hparams(model, seed):
+    """The recipe of one seed's training job: the seed list becomes that job's seed."""
+    recipe = {key: value for key, value in hparams(model).items() if key != "seeds"}
+    return {**recipe, "seed": int(seed)}
+
+
+def eval_dir(model, seed):
+    return f"{RUN}/eval/{model}/seed{seed}"
+
+
+def per_seed(name):
+    """``name`` (e.g. scores_test.json) of every configured model and each of its seeds."""
+    return [f"{eval_dir(m, k)}/{name}" for m in MODELS for k in seeds_of(m)]
+
+
+def first_seed(name):
+    """``name`` of every configured model's first seed (sample captions, attention figures)."""
+    return [f"{eval_dir(m, seeds_of(m)[0])}/{name}" for m in MODELS]
 
 
 def train_gpus(model):
@@ -186,12 +224,12 @@ def extract_inputs(wildcards):
     return inputs
 
 
-def extract_args(kind):
+def extract_args(kind, image_root=IMAGE_ROOT, boxes_json=BOXES_JSON):
     """Command-line arguments of `python -m features extract` for one kind, from the config."""
     f = config["features"]
     k = f[kind]
     args = (
-        f"--image-root {IMAGE_ROOT} --backbone {k['backbone']} --weights {shlex.quote(weights_path(kind))}"
+        f"--image-root {image_root} --backbone {k['backbone']} --weights {shlex.quote(weights_path(kind))}"
         f" --seed {k['seed']}"
         f" --batch-size {f['batch_size']} --num-workers {f['num_workers']} --device {f['device']}"
         f" --dtype {f['dtype']} --on-error {f['on_error']}"
@@ -203,7 +241,7 @@ def extract_args(kind):
     args += f" --min-size {k['min_size']} --max-size {k['max_size']} --max-boxes {k['max_boxes']}"
     args += f" --precision {k['precision']}"
     if k["boxes"] == "given":
-        return args + f" --boxes {BOXES_JSON}"
+        return args + f" --boxes {boxes_json}"
     keys = ("min_boxes", "conf_thresh", "nms_thresh", "pre_nms_top_n", "post_nms_top_n")
     detector = {key: k[key] for key in keys}  # defaults filled by the schema
     if k["backend"] == "detectron2":
@@ -232,13 +270,18 @@ def train_inputs(wildcards):
     }
     parent = model_name(wildcards.model).init_from
     if parent:
-        inputs["init"] = f"{RUN}/models/{parent}/checkpoint.pt"
+        if int(wildcards.seed) not in seeds_of(parent):
+            raise ValueError(
+                f"{wildcards.model} seed {wildcards.seed} starts from {parent} seed {wildcards.seed}, which is not "
+                f"among {parent}'s seeds {seeds_of(parent)}"
+            )
+        inputs["init"] = f"{RUN}/models/{parent}/seed{wildcards.seed}/checkpoint.pt"
     return inputs
 
 
 def attention_inputs(wildcards):
     inputs = {
-        "checkpoint": f"{RUN}/models/{wildcards.model}/checkpoint.pt",
+        "checkpoint": f"{RUN}/models/{wildcards.model}/seed{wildcards.seed}/checkpoint.pt",
         "features": store_path("grid"),
         "captions": f"{RUN}/text/captions.json",
     }
@@ -250,7 +293,7 @@ def attention_outputs():
     """The attention figures of every sighted model that attends over grid cells (blind models attend to nothing)."""
     count = config["evaluate"]["attention_maps"]
     sat_models = [m for m in MODELS if model_name(m).spec.attention_maps and not model_name(m).blind]
-    return [f"{RUN}/eval/{m}/attention/{i:02d}.png" for m in sat_models for i in range(count)]
+    return [f"{eval_dir(m, seeds_of(m)[0])}/attention/{i:02d}.png" for m in sat_models for i in range(count)]
 
 
 def json_arg(obj):
@@ -271,12 +314,79 @@ BUILDABLE_MODELS = models_and_parents(MODELS)
 
 
 def extra_split_scores():
-    return [f"{RUN}/eval/{m}/scores_{s}.json" for m in MODELS for s in EXTRA_SPLITS]
+    return [path for s in EXTRA_SPLITS for path in per_seed(f"scores_{s}.json")]
+
+
+# nocaps (evaluate.nocaps.source): an evaluation-only set decoded by every model (workflow/rules/nocaps.smk)
+NOCAPS = config["evaluate"]["nocaps"]
+NOCAPS_ON = NOCAPS["source"] != "none"
+NOCAPS_SPLIT = NOCAPS["split"]
+NOCAPS_TEXT = f"{RUN}/text/nocaps.json"
+NOCAPS_MANIFEST = f"{RUN}/text/nocaps_images.json"
+NOCAPS_TABLES = [f"{RUN}/tables/nocaps.csv", f"{RUN}/tables/nocaps.md"]
+if NOCAPS["source"] == "demo":
+    NOCAPS_JSON = f"{RUN}/dataset/nocaps/nocaps_val_captions.json"
+    NOCAPS_IMAGE_ROOT = f"{RUN}/dataset/nocaps/images"
+    NOCAPS_IMAGE_INPUTS = [NOCAPS_IMAGE_ROOT]
+    NOCAPS_BOXES_JSON = f"{RUN}/dataset/nocaps/boxes.json"
+elif NOCAPS["source"] == "download":
+    NOCAPS_JSON = f"{NOCAPS['root']}/nocaps_{NOCAPS_SPLIT}.json"
+    NOCAPS_IMAGE_ROOT = f"{NOCAPS['root']}/{NOCAPS_SPLIT}"
+    NOCAPS_IMAGE_INPUTS = [NOCAPS_IMAGE_ROOT]
+    NOCAPS_BOXES_JSON = NOCAPS.get("boxes_json", "")
+else:  # files: the user's copies (or none)
+    NOCAPS_JSON = NOCAPS.get("json", "")
+    NOCAPS_IMAGE_ROOT = NOCAPS.get("image_root", "")
+    NOCAPS_IMAGE_INPUTS = []
+    NOCAPS_BOXES_JSON = NOCAPS.get("boxes_json", "")
+
+
+def nocaps_store_path(kind):
+    return f"{RUN}/features/nocaps_{kind}{STORE_SUFFIX}"
+
+
+def nocaps_store_output(kind):
+    path = nocaps_store_path(kind)
+    return directory(path) if STORE_SUFFIX == ".zarr" else path
+
+
+def nocaps_extract_inputs(wildcards):
+    """extract_inputs of the nocaps images: their manifest and folder, the same weights (and no training boxes)."""
+    inputs = {"manifest": NOCAPS_MANIFEST, "images": NOCAPS_IMAGE_INPUTS}
+    if wildcards.kind == "regions" and config["features"]["regions"]["boxes"] == "given":
+        if not NOCAPS_BOXES_JSON:
+            raise ValueError(
+                "features.regions.boxes is 'given': evaluate.nocaps.boxes_json must give the nocaps images' "
+                "boxes (or use boxes: detector)"
+            )
+        inputs["boxes"] = NOCAPS_BOXES_JSON
+    if fetched_weights(wildcards.kind):
+        inputs["weights"] = fetched_weights(wildcards.kind)
+    return inputs
+
+
+def nocaps_outputs():
+    """What a nocaps evaluation ends in: the per-domain tables (val), or each model's EvalAI submission (test)."""
+    if not NOCAPS_ON:
+        return []
+    if NOCAPS_SPLIT == "val":
+        return NOCAPS_TABLES
+    return per_seed("predictions_nocaps.json")
+
+
+def decode_features(wildcards):
+    kind = features_kind(wildcards.model)
+    return nocaps_store_path(kind) if wildcards.split == "nocaps" else store_path(kind)
+
+
+def decode_captions(wildcards):
+    return NOCAPS_TEXT if wildcards.split == "nocaps" else f"{RUN}/text/captions.json"
 
 
 wildcard_constraints:
     model="|".join(BUILDABLE_MODELS),
-    split="val|test",
+    seed=r"\d+",
+    split="val|test|nocaps" if NOCAPS_ON else "val|test",
 
 
 # dataset.download (workflow/rules/download.smk)

@@ -5,14 +5,14 @@ EVALUATE = config["evaluate"]
 
 rule decode:
     input:
-        checkpoint=f"{RUN}/models/{{model}}/checkpoint.pt",
-        features=lambda wc: store_path(features_kind(wc.model)),
-        captions=f"{RUN}/text/captions.json",
+        checkpoint=f"{MODEL_DIR}/checkpoint.pt",
+        features=decode_features,
+        captions=decode_captions,
     output:
-        predictions=f"{RUN}/eval/{{model}}/predictions_{{split}}.json",
-        beams=f"{RUN}/eval/{{model}}/predictions_{{split}}_beams.json",
+        predictions=f"{EVAL_DIR}/predictions_{{split}}.json",
+        beams=f"{EVAL_DIR}/predictions_{{split}}_beams.json",
     log:
-        f"{LOGS}/decode/{{model}}.{{split}}.log",
+        f"{LOGS}/decode/{{model}}.seed{{seed}}.{{split}}.log",
     conda:
         "../../envs/train.yaml"
     threads: config["train"]["threads"]
@@ -35,13 +35,15 @@ rule decode:
 
 rule score:
     input:
-        predictions=f"{RUN}/eval/{{model}}/predictions_{{split}}.json",
-        beams=f"{RUN}/eval/{{model}}/predictions_{{split}}_beams.json",
+        predictions=f"{EVAL_DIR}/predictions_{{split}}.json",
+        beams=f"{EVAL_DIR}/predictions_{{split}}_beams.json",
         captions=f"{RUN}/text/captions.json",
     output:
-        f"{RUN}/eval/{{model}}/scores_{{split}}.json",
+        f"{EVAL_DIR}/scores_{{split}}.json",
     log:
-        f"{LOGS}/score/{{model}}.{{split}}.log",
+        f"{LOGS}/score/{{model}}.seed{{seed}}.{{split}}.log",
+    wildcard_constraints:
+        split="val|test",  # nocaps is scored per domain (rule score_nocaps)
     conda:
         "../../envs/evaluate.yaml"
     params:
@@ -58,7 +60,7 @@ rule attention_maps:
     output:
         [
             report(
-                f"{RUN}/eval/{{model}}/attention/{i:02d}.png",
+                f"{EVAL_DIR}/attention/{i:02d}.png",
                 caption="../report/attention.rst",
                 category="Attention",
                 labels={"model": "{model}", "image": f"{i:02d}"},
@@ -66,7 +68,7 @@ rule attention_maps:
             for i in range(EVALUATE["attention_maps"])
         ],
     log:
-        f"{LOGS}/attention_maps/{{model}}.log",
+        f"{LOGS}/attention_maps/{{model}}.seed{{seed}}.log",
     conda:
         "../../envs/train.yaml"
     threads: config["train"]["threads"]
@@ -85,8 +87,8 @@ rule attention_maps:
 
 rule tables:
     input:
-        scores=expand(f"{RUN}/eval/{{model}}/scores_{SPLIT}.json", model=MODELS),
-        predictions=expand(f"{RUN}/eval/{{model}}/predictions_{SPLIT}.json", model=MODELS),
+        scores=per_seed(f"scores_{SPLIT}.json"),
+        predictions=first_seed(f"predictions_{SPLIT}.json"),
         captions=f"{RUN}/text/captions.json",
     output:
         csv=report(
@@ -115,8 +117,37 @@ rule tables:
         title=f"Results: {config['run']}",
         split=SPLIT,
         published="--published" if EVALUATE["published_rows"] else "",
+        bootstrap=EVALUATE["bootstrap"],
         code=code("captioner.evaluation.tables"),
     shell:
         "python -m captioner tables --scores {input.scores} --predictions {input.predictions}"
         " --captions {input.captions} --split {params.split} {params.published} --out-csv {output.csv}"
-        " --out-md {output.md} --out-samples {output.samples} --title {params.title:q} 2> {log}"
+        " --out-md {output.md} --out-samples {output.samples} --title {params.title:q}"
+        " --resamples {params.bootstrap[resamples]} --confidence {params.bootstrap[confidence]}"
+        " --bootstrap-seed {params.bootstrap[seed]} 2> {log}"
+
+
+rule significance:
+    input:
+        per_seed(f"scores_{SPLIT}.json"),
+    output:
+        md=report(
+            f"{RUN}/tables/significance.md",
+            caption="../report/significance.rst",
+            category="Results",
+            labels={"table": "significance"},
+        ),
+        json=f"{RUN}/tables/significance.json",
+    log:
+        f"{LOGS}/significance.log",
+    conda:
+        "../../envs/evaluate.yaml"
+    params:
+        pairs=" ".join(f"{a}:{b}" for a, b in SIGNIFICANCE_PAIRS),
+        trials=EVALUATE["significance"]["trials"],
+        bootstrap=EVALUATE["bootstrap"],
+        code=code("captioner.evaluation.significance"),
+    shell:
+        "python -m captioner significance --scores {input} --pairs {params.pairs} --out-md {output.md}"
+        " --out-json {output.json} --trials {params.trials} --resamples {params.bootstrap[resamples]}"
+        " --confidence {params.bootstrap[confidence]} --seed {params.bootstrap[seed]} 2> {log}"

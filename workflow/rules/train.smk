@@ -5,23 +5,23 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        checkpoint=f"{RUN}/models/{{model}}/checkpoint.pt",
-        metrics=f"{RUN}/models/{{model}}/metrics.csv",
+        checkpoint=f"{MODEL_DIR}/checkpoint.pt",
+        metrics=f"{MODEL_DIR}/metrics.csv",
         curve=report(
-            f"{RUN}/models/{{model}}/curve.png",
+            f"{MODEL_DIR}/curve.png",
             caption="../report/curve.rst",
             category="Training curves",
-            labels={"model": "{model}"},
+            labels={"model": "{model}", "seed": "{seed}"},
         ),
     log:
-        f"{LOGS}/train/{{model}}.log",
+        f"{LOGS}/train/{{model}}.seed{{seed}}.log",
     conda:
         "../../envs/train.yaml"
     threads: config["train"]["threads"]
     resources:
         gpu=lambda wc: train_gpus(wc.model),
     params:
-        hparams=lambda wc: json_arg(hparams(wc.model)),
+        hparams=lambda wc: json_arg(seed_hparams(wc.model, wc.seed)),
         init=lambda wc, input: f"--init {input.init}" if "init" in input.keys() else "",
         out_dir=parent_dir("checkpoint"),
         device=config["train"]["device"],

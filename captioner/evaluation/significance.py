@@ -1,0 +1,117 @@
+"""``python -m captioner significance``: paired tests between models scored on the same images.
+
+For each pair (a, b) and metric: a's and b's corpus scores, the difference a - b with its paired-bootstrap interval
+(both systems resampled with the same images), the ratio a / b with its interval (how many times its blind baseline a
+model scores), and the p-value of a two-sided approximate randomisation test (each image's outputs swapped between
+the systems with probability 1/2; Riezler & Maxwell 2005). All from the score files' per-image statistics
+(:mod:`captioner.evaluation.statistics`): no Java runs here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from captioner.evaluation.statistics import bootstrap_weights, corpus_from_arrays, paired_test, per_image_arrays
+from captioner.evaluation.tables import COLUMNS, runs_by_model
+from pipeline.atomic import write_json, write_text
+from pipeline.config import defaults
+from pipeline.errors import InputError
+
+TEST_NAME = ("two-sided approximate randomisation (per-image outputs swapped with probability 1/2) for the p-value; "
+             "paired percentile bootstrap over images for the intervals")
+
+
+def default_pairs(models: list[str]) -> list[tuple[str, str]]:
+    """Each model against its blind baseline, M²'s SCST against its XE start, hard against soft attention."""
+    pairs = [(m, f"{m}_blind") for m in models if f"{m}_blind" in models]
+    for a, b in (("m2_scst", "m2_xe"), ("sat_hard", "sat_soft")):
+        if a in models and b in models:
+            pairs.append((a, b))
+    return pairs
+
+
+def seed_averaged_arrays(runs: list[dict], ids: list[str]) -> dict[str, np.ndarray]:
+    """Per-image statistics averaged over a model's training seeds (one seed: its own), so the test compares the
+    systems on these images with the training seed averaged out. BLEU's counts average too: corpus BLEU of the mean
+    counts is that of all seeds' captions pooled."""
+    arrays = [per_image_arrays(scores, ids) for scores in runs]
+    return {key: np.mean([a[key] for a in arrays], axis=0) for key in arrays[0]}
+
+
+def compare(runs_a: list[dict], runs_b: list[dict], resamples: int, trials: int, seed: int, confidence: float) -> dict:
+    ids = sorted(runs_a[0]["per_image"], key=int)
+    for scores in runs_a + runs_b:
+        if sorted(scores["per_image"], key=int) != ids:
+            raise InputError(f"{runs_a[0].get('model')} and {scores.get('model')} were scored on different images: "
+                             "a paired test needs the same ones")
+    arrays_a, arrays_b = seed_averaged_arrays(runs_a, ids), seed_averaged_arrays(runs_b, ids)
+    tests = paired_test(arrays_a, arrays_b, resamples, trials, seed, confidence)
+    # ratio a / b over the same bootstrap resamples (e.g. "3.3x its blind baseline", with an interval)
+    weights = bootstrap_weights(len(ids), resamples, seed)
+    boot_a, boot_b = corpus_from_arrays(arrays_a, weights), corpus_from_arrays(arrays_b, weights)
+    tail = 100 * (1 - confidence) / 2
+    for metric, test in tests.items():
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = boot_a[metric] / boot_b[metric]
+        test["ratio"] = test["a"] / test["b"] if test["b"] else None
+        finite = ratios[np.isfinite(ratios)]
+        test["ratio_interval"] = ([float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail))]
+                                  if len(finite) == len(ratios) else None)
+    return tests
+
+
+def to_markdown(results: list[dict], confidence: float, trials: int, resamples: int) -> str:
+    lines = ["# Significance of the differences between models", ""]
+    for result in results:
+        seeds = "" if result["seeds"] == [1, 1] else f", seeds {result['seeds'][0]} vs {result['seeds'][1]}, averaged"
+        lines += [f"## `{result['a']}` vs `{result['b']}` ({result['images']} images{seeds})", "",
+                  f"| metric | `{result['a']}` | `{result['b']}` | difference [{confidence:.0%} CI] | ratio [CI] | p |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for metric in [c for c in COLUMNS if c in result["metrics"]]:
+            t = result["metrics"][metric]
+            low, high = t["interval"]
+            ratio = "–" if t["ratio"] is None else f"{t['ratio']:.2f}"
+            if t["ratio_interval"]:
+                ratio += f" [{t['ratio_interval'][0]:.2f}, {t['ratio_interval'][1]:.2f}]"
+            lines.append(f"| {metric} | {t['a']:.1f} | {t['b']:.1f} | {t['difference']:+.1f} [{low:+.1f}, {high:+.1f}]"
+                         f" | {ratio} | {t['p_value']:.4f} |")
+        lines.append("")
+    lines += [f"Test: {TEST_NAME}; {trials:,} randomisation trials (the smallest p is 1/{trials + 1:,}), {resamples:,} "
+              "bootstrap resamples. One test per metric and pair, not corrected for multiple comparisons. BLEU is "
+              "recomputed from the resampled n-gram counts; METEOR uses per-image scores (an approximation of its "
+              "corpus aggregate)."]
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scores", nargs="+", required=True, help="score files (the model name is read from each)")
+    parser.add_argument("--pairs", nargs="*", default=[], metavar="A:B",
+                        help="model pairs to test (default: blind baselines, m2_scst:m2_xe, sat_hard:sat_soft)")
+    parser.add_argument("--out-md", required=True)
+    parser.add_argument("--out-json", required=True)
+    bootstrap, significance = defaults("evaluate", "bootstrap"), defaults("evaluate", "significance")
+    parser.add_argument("--trials", type=int, default=significance["trials"])
+    parser.add_argument("--resamples", type=int, default=bootstrap["resamples"])
+    parser.add_argument("--confidence", type=float, default=bootstrap["confidence"])
+    parser.add_argument("--seed", type=int, default=bootstrap["seed"])
+
+
+def run(args) -> None:
+    by_model = {model: [scores for _, scores in runs] for model, runs in runs_by_model(args.scores).items()}
+    pairs = [tuple(p.split(":", 1)) for p in args.pairs] or default_pairs(list(by_model))
+    results = []
+    for a, b in pairs:
+        missing = [m for m in (a, b) if m not in by_model]
+        if missing:
+            raise InputError(f"significance pair {a}:{b}: no score file for {missing[0]} (models: {sorted(by_model)})")
+        metrics = compare(by_model[a], by_model[b], args.resamples, args.trials, args.seed, args.confidence)
+        results.append({"a": a, "b": b, "images": len(by_model[a][0]["per_image"]),
+                        "seeds": [len(by_model[a]), len(by_model[b])], "metrics": metrics})
+    write_json(args.out_json, {"test": TEST_NAME, "trials": args.trials, "resamples": args.resamples,
+                               "confidence": args.confidence, "pairs": results})
+    markdown = to_markdown(results, args.confidence, args.trials, args.resamples)
+    write_text(args.out_md, markdown)
+    print(markdown, file=sys.stderr)

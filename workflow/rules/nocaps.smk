@@ -1,0 +1,151 @@
+# nocaps (evaluate.nocaps): an evaluation-only set of novel-object images. Its images go through the same extractors
+# as the training images into their own stores, every trained model decodes them (rule decode, split "nocaps"), and
+# the validation split is scored per domain (in / near / out / entire) into tables/nocaps.*; the test split ends in
+# each model's predictions_nocaps.json, the EvalAI submission file.
+
+
+if NOCAPS["source"] == "demo":
+
+    rule demo_nocaps:
+        # the demo's nocaps-like set: out-of-domain images hold only shapes and colours no training image has
+        output:
+            json=NOCAPS_JSON,
+            boxes=NOCAPS_BOXES_JSON,
+            images=directory(NOCAPS_IMAGE_ROOT),
+        log:
+            f"{LOGS}/demo_nocaps.log",
+        conda:
+            "../../envs/data.yaml"
+        params:
+            demo=NOCAPS["demo"],
+            out_dir=parent_dir("json"),
+            image_size=config["dataset"]["demo"]["image_size"],
+            code=code("captioner.data.demo_nocaps"),
+        shell:
+            "python -m captioner demo-nocaps --out {params.out_dir} --seed {params.demo[seed]}"
+            " --num-images {params.demo[num_images]} --image-size {params.image_size} 2> {log}"
+
+
+if NOCAPS["source"] == "download":
+
+    localrules:
+        nocaps_json,
+        nocaps_images,
+
+    rule nocaps_json:
+        # no checksum is published: the first download's SHA-256 is pinned in LOCK_FILE and checked from then on
+        output:
+            NOCAPS_JSON,
+        log:
+            f"{NOCAPS['root']}/logs/nocaps_{NOCAPS_SPLIT}_json.log",
+        conda:
+            "../../envs/download.yaml"
+        params:
+            url=shlex.quote(NOCAPS["url"]),
+            lock=LOCK_FILE,
+        shell:
+            "python -m captioner download --url {params.url} --out {output} --lock {params.lock}"
+            " 2>&1 | tee {log} >&2"
+
+    rule nocaps_images:
+        # every image from its coco_url, a bounded number at once; the ones that failed are listed
+        input:
+            NOCAPS_JSON,
+        output:
+            directory(NOCAPS_IMAGE_ROOT),
+        log:
+            f"{NOCAPS['root']}/logs/nocaps_{NOCAPS_SPLIT}_images.log",
+        conda:
+            "../../envs/download.yaml"
+        params:
+            failures=f"{NOCAPS['root']}/nocaps_{NOCAPS_SPLIT}_failures.json",
+            workers=NOCAPS["workers"],
+            on_error=NOCAPS["on_error"],
+        shell:
+            "python -m captioner nocaps-images --nocaps-json {input} --out {output} --failures {params.failures}"
+            " --workers {params.workers} --on-error {params.on_error} 2>&1 | tee {log} >&2"
+
+
+rule prepare_nocaps:
+    input:
+        json=NOCAPS_JSON,
+        images=NOCAPS_IMAGE_INPUTS,
+    output:
+        captions=NOCAPS_TEXT,
+        manifest=NOCAPS_MANIFEST,
+    log:
+        f"{LOGS}/prepare_nocaps.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        split=NOCAPS_SPLIT,
+        image_root=lambda wildcards: NOCAPS_IMAGE_ROOT,
+        on_missing=NOCAPS["on_error"],
+        code=code("captioner.data.nocaps"),
+    shell:
+        "python -m captioner prepare-nocaps --nocaps-json {input.json} --split {params.split}"
+        " --captions {output.captions} --manifest {output.manifest} --image-root {params.image_root}"
+        " --on-missing {params.on_missing} 2> {log}"
+
+
+use rule extract_features as extract_nocaps_features with:
+    input:
+        unpack(nocaps_extract_inputs),
+    output:
+        nocaps_store_output("{kind}"),
+    log:
+        f"{LOGS}/extract_features/nocaps_{{kind}}.log",
+    params:
+        args=lambda wc: extract_args(wc.kind, NOCAPS_IMAGE_ROOT, NOCAPS_BOXES_JSON),
+        shard=0,
+        shards=1,
+        code=lambda wc: extract_code(wc.kind),
+
+
+if NOCAPS_SPLIT == "val":
+
+    rule score_nocaps:
+        input:
+            predictions=f"{EVAL_DIR}/predictions_nocaps.json",
+            beams=f"{EVAL_DIR}/predictions_nocaps_beams.json",
+            nocaps=NOCAPS_TEXT,
+        output:
+            f"{EVAL_DIR}/scores_nocaps.json",
+        log:
+            f"{LOGS}/score/{{model}}.seed{{seed}}.nocaps.log",
+        conda:
+            "../../envs/evaluate.yaml"
+        params:
+            metrics=",".join(EVALUATE["metrics"]),
+            code=code("captioner.evaluation.nocaps_scoring"),
+        shell:
+            "python -m captioner score-nocaps --predictions {input.predictions} --beams {input.beams}"
+            " --nocaps {input.nocaps} --metrics {params.metrics} --out {output} 2> {log}"
+
+    rule nocaps_tables:
+        input:
+            per_seed("scores_nocaps.json"),
+        output:
+            csv=report(
+                NOCAPS_TABLES[0],
+                caption="../report/nocaps.rst",
+                category="Results",
+                labels={"table": "nocaps (CSV)"},
+            ),
+            md=report(
+                NOCAPS_TABLES[1],
+                caption="../report/nocaps.rst",
+                category="Results",
+                labels={"table": "nocaps"},
+            ),
+        log:
+            f"{LOGS}/nocaps_tables.log",
+        conda:
+            "../../envs/evaluate.yaml"
+        params:
+            title=f"nocaps: {config['run']}",
+            published="--published" if EVALUATE["published_rows"] else "",
+            code=code("captioner.evaluation.nocaps_tables"),
+        shell:
+            "python -m captioner nocaps-tables --scores {input} {params.published} --out-csv {output.csv}"
+            " --out-md {output.md} --title {params.title:q} 2> {log}"

@@ -46,11 +46,13 @@ def test_the_statistics_reproduce_pycocoevalcaps_corpus_scores_when_nothing_is_r
 def test_mean_metric_intervals_cover_the_true_mean_at_about_the_nominal_rate():
     rng = np.random.default_rng(0)
     covered = 0
-    for repetition in range(200):
+    for repetition in range(500):
         per_image = rng.normal(50.0, 20.0, size=100)  # true corpus score: 50
         low, high = intervals({"CIDEr-D": per_image}, 1000, repetition, 0.95)["CIDEr-D"]
         covered += low <= 50.0 <= high
-    assert 0.90 <= covered / 200 <= 0.99  # nominal 0.95; the binomial sd of 200 repetitions is 0.015
+    # nominal 0.95; the percentile bootstrap of a mean of 100 undercovers a little (0.937 over 1,000 repetitions);
+    # the binomial sd of 500 repetitions is 0.011
+    assert 0.91 <= covered / 500 <= 0.98
 
 
 def test_bleu_intervals_cover_the_population_bleu_at_about_the_nominal_rate():

@@ -7,6 +7,13 @@ Every epoch writes ``last.pt`` (model, optimiser, RNG states: enough to resume),
 ``metrics.csv`` and ``curve.png``; the epoch with the best validation CIDEr-D (from real greedy
 decodes, not teacher forcing) is copied to ``checkpoint.pt``. All files are written atomically.
 
+Inside an epoch, ``last.pt`` is also written every ``--checkpoint-minutes`` and when the process gets SIGTERM or
+SIGUSR1 (what SLURM sends before a time limit or a preemption): it then holds the position in the epoch (how many of
+this epoch's batches are done, and the epoch's running sums), so a resumed run skips exactly those batches of the
+same order and continues with the same random states: the losses of an uninterrupted run. After such a signal the
+current step finishes, ``last.pt`` is written and the process exits with status 75 (``EXIT_INTERRUPTED``); a second
+signal exits at once. Under torchrun every rank stops at the same step and rank 0 writes the one checkpoint.
+
 Under ``torchrun`` (``WORLD_SIZE`` > 1) the objective is wrapped in DistributedDataParallel and every global batch
 (``batch_size``, or ``scst_batch_images`` for SCST) is split across the processes: the sequence of global batches
 and the gradient of each step are those of a single process. Rank 0 validates and writes every file; all ranks
@@ -55,6 +62,14 @@ class TrainingError(PipelineError, RuntimeError):
     """Training cannot start or go on (bad settings, inputs that do not fit, a non-finite loss)."""
 
 
+class TrainingInterrupted(Exception):
+    """A stop signal arrived; ``last.pt`` holds the position to continue from."""
+
+
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: not done, try again (Snakemake's retry or SLURM's requeue resumes)
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
+
+
 PRECISIONS = ("auto", "fp32", "bf16")
 XE_BATCHES = ("shuffled_pairs", "by_image")
 
@@ -99,7 +114,8 @@ def restore_rng(state: dict) -> None:
 
 class Trainer:
     def __init__(self, name: str, features: str, captions: str, vocab: str, hparams: dict, out_dir: str,
-                 init: str | None = None, device: str = "auto", outputs: dict | None = None):
+                 init: str | None = None, device: str = "auto", outputs: dict | None = None,
+                 checkpoint_minutes: float = 0.0):
         """``out_dir`` holds ``last.pt`` and, unless ``outputs`` names them (keys checkpoint, metrics, curve),
         ``checkpoint.pt``, ``metrics.csv`` and ``curve.png``."""
         self.name = ModelName.parse(name)
@@ -163,6 +179,10 @@ class Trainer:
         self.optimizer = self.objective.optimizer()
         self.step = 0
         self.epoch = 0
+        self.batches_done = 0  # of the current epoch (a mid-epoch last.pt sets it)
+        self.epoch_totals: dict | None = None  # the running sums of a resumed, part-done epoch
+        self.checkpoint_seconds = 60.0 * checkpoint_minutes  # 0: at epoch ends only
+        self.stop_signal: str | None = None
         self.best = {"val_cider": -math.inf, "epoch": 0}
         self.history: list[dict] = []
         self.val_refs = [[" ".join(tokenize(r)) for r in image["refs"]] for image in self.val_images]
@@ -236,6 +256,8 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.step, self.epoch = checkpoint["step"], checkpoint["epoch"]
         self.best, self.history = checkpoint["best"], checkpoint["history"]
+        position = checkpoint.get("position") or {}
+        self.batches_done, self.epoch_totals = position.get("batches_done", 0), position.get("totals")
         per_rank = checkpoint.get("rng_ranks", [])
         if not self.ranks.enabled:
             restore_rng(checkpoint["rng"])
@@ -244,9 +266,10 @@ class Trainer:
         else:  # written by another number of processes: no stream to continue for every rank
             self._log(f"warning: {last} holds no random states for {self.ranks.world_size} processes; re-seeding")
             self._seed_rank_streams()
-        self._log(f"resuming {self.name.name} from {last} after epoch {self.epoch}")
+        where = f", batch {self.batches_done} of epoch {self.epoch + 1}" if self.batches_done else ""
+        self._log(f"resuming {self.name.name} from {last} after epoch {self.epoch}{where} (step {self.step})")
 
-    def _checkpoint(self, with_optimizer: bool, rng_ranks: list | None = None) -> dict:
+    def _checkpoint(self, with_optimizer: bool, rng_ranks: list | None = None, position: dict | None = None) -> dict:
         checkpoint = {
             "format": CHECKPOINT_FORMAT, "name": self.name.name, "family": self.name.family,
             "blind": self.name.blind, "model_config": asdict(self.model_config),
@@ -264,6 +287,8 @@ class Trainer:
             checkpoint["rng"] = rng_state()
             if rng_ranks is not None:
                 checkpoint["rng_ranks"] = rng_ranks  # each rank's, to resume every stream
+            if position is not None:
+                checkpoint["position"] = position  # mid-epoch: batches done of this epoch, its running sums
         return checkpoint
 
     # --------------------------------------------------------------------------------- epochs
@@ -293,9 +318,14 @@ class Trainer:
     def train_epoch(self) -> dict:
         self.train_module.train()
         generator = torch.Generator().manual_seed(int(self.hp["seed"]) * 1000 + self.epoch)
-        totals = {"loss": 0.0, "batches": 0, "step_s": 0.0}
+        skip, self.batches_done = self.batches_done, 0
+        totals = self.epoch_totals or {"loss": 0.0, "batches": 0, "step_s": 0.0, "load_s": 0.0}
+        self.epoch_totals = None
         self.data.load_seconds = 0.0
-        for batch in self.objective.batches(generator):
+        last_save = time.monotonic()
+        for index, batch in enumerate(self.objective.batches(generator)):
+            if index < skip:  # done before the interruption: the same order, so the same batches
+                continue
             started = time.perf_counter()
             local = distributed.shard(batch, self.ranks)  # all of it in a single process
             # the last, partial batch may leave a rank without an item: it still has to join the gradient
@@ -311,12 +341,47 @@ class Trainer:
             totals["batches"] += 1
             for key, value in extra.items():
                 totals[key] = totals.get(key, 0.0) + value
+            self.batches_done = index + 1
+            due = self.checkpoint_seconds > 0 and time.monotonic() - last_save >= self.checkpoint_seconds
+            stop, due = self._agree(self.stop_signal is not None, due)
+            if stop or due:
+                totals["load_s"] += self.data.load_seconds
+                self.data.load_seconds = 0.0
+                self._save(best=False, position={"batches_done": self.batches_done, "totals": dict(totals)})
+                last_save = time.monotonic()
+                if stop:
+                    raise TrainingInterrupted(f"{self.stop_signal or 'a stop signal'} (on some rank)")
+        self.batches_done = 0
         n = max(totals["batches"], 1)
-        result = {"train_loss": totals["loss"] / n,
-                  "loader_share": self.data.load_seconds / max(totals["step_s"], 1e-9), "epoch_s": totals["step_s"]}
-        for key in sorted(set(totals) - {"loss", "batches", "step_s"}):
+        load_s = totals["load_s"] + self.data.load_seconds
+        result = {"train_loss": totals["loss"] / n, "loader_share": load_s / max(totals["step_s"], 1e-9),
+                  "epoch_s": totals["step_s"]}
+        for key in sorted(set(totals) - {"loss", "batches", "step_s", "load_s"}):
             result[f"train_{key}"] = totals[key] / n
         return result
+
+    def _agree(self, stop: bool, due: bool) -> tuple[bool, bool]:
+        """Whether any rank was signalled, and whether rank 0's clock says a checkpoint is due: every rank takes the
+        same decision at the same step (one tiny all-reduce per step under torchrun; a GPU sync there)."""
+        if not self.ranks.enabled:
+            return stop, due
+        flags = torch.tensor([float(stop), float(due and self.ranks.is_main)], dtype=torch.float64)
+        total = distributed.all_reduce_sum(flags.to(self.device)).tolist()
+        return total[0] > 0, total[1] > 0
+
+    def _install_stop_handlers(self) -> None:
+        """SIGTERM / SIGUSR1: finish the step, write last.pt, exit 75. A second signal exits at once."""
+        import os
+        import signal
+
+        def handler(signum, _frame):
+            if self.stop_signal is not None:
+                os._exit(128 + signum)
+            self.stop_signal = signal.Signals(signum).name
+            print(f"note: {self.stop_signal}: stopping after this step", file=sys.stderr, flush=True)
+
+        for name in STOP_SIGNALS:
+            signal.signal(getattr(signal, name), handler)
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -337,6 +402,7 @@ class Trainer:
         return distributed.broadcast_object(self.validate() if self.ranks.is_main else None)
 
     def run(self) -> Path:
+        self._install_stop_handlers()
         epochs = int(self.hp[self.objective.epochs_key])
         patience = int(self.hp["patience"])
         if self.objective.validate_start and self.epoch == 0 and not self.history:
@@ -366,13 +432,19 @@ class Trainer:
             self._save(best=True)
         return self.outputs["checkpoint"]
 
-    def _save(self, best: bool) -> None:
-        """Called on every rank (they hand their RNG states to rank 0); only rank 0 writes."""
+    def _save(self, best: bool, position: dict | None = None) -> None:
+        """Called on every rank (they hand their RNG states to rank 0); only rank 0 writes. ``position``: a
+        mid-epoch save (last.pt only)."""
         rng_ranks = distributed.all_gather_object(rng_state()) if self.ranks.enabled else None
         if not self.ranks.is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic.save_torch(self.out_dir / "last.pt", self._checkpoint(with_optimizer=True, rng_ranks=rng_ranks))
+        atomic.save_torch(self.out_dir / "last.pt", self._checkpoint(with_optimizer=True, rng_ranks=rng_ranks,
+                                                                     position=position))
+        if position is not None:
+            self._log(f"{self.name.name}: saved {self.out_dir / 'last.pt'} at batch {position['batches_done']} of "
+                      f"epoch {self.epoch + 1} (step {self.step})")
+            return
         if best:
             atomic.save_torch(self.outputs["checkpoint"], self._checkpoint(with_optimizer=False))
         write_metrics(self.history, self.outputs["metrics"], self.outputs["curve"], self.name.name)
@@ -422,9 +494,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", help="checkpoint to start from (m2_scst starts from m2_xe)")
     parser.add_argument("--threads", type=int, default=defaults("train")["threads"])
     parser.add_argument("--device", default=defaults("train")["device"])
+    parser.add_argument("--checkpoint-minutes", type=float, default=defaults("train")["checkpoint_minutes"],
+                        help="also write last.pt inside an epoch every N minutes (0: at epoch ends only)")
 
 
-def run(args) -> None:
+def run(args) -> int:
     torch.set_num_threads(args.threads)
     try:
         hparams = json.loads(args.hparams)
@@ -433,7 +507,13 @@ def run(args) -> None:
     try:
         trainer = Trainer(args.model, args.features, args.captions, args.vocab, hparams, args.out_dir,
                           init=args.init, device=args.device,
-                          outputs={"checkpoint": args.checkpoint, "metrics": args.metrics, "curve": args.curve})
+                          outputs={"checkpoint": args.checkpoint, "metrics": args.metrics, "curve": args.curve},
+                          checkpoint_minutes=args.checkpoint_minutes)
         trainer.run()
+    except TrainingInterrupted as stop:
+        print(f"stopped by {stop}: {Path(args.out_dir) / 'last.pt'} holds the position; rerun to continue "
+              f"(exit {EXIT_INTERRUPTED})", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         distributed.shutdown()
+    return 0

@@ -20,6 +20,8 @@ rule train:
     threads: config["train"]["threads"]
     resources:
         gpu=lambda wc: train_gpus(wc.model),
+        # a resource, not a param: how often last.pt is written does not change the result (no rerun)
+        checkpoint_minutes=config["train"]["checkpoint_minutes"],
     params:
         hparams=lambda wc: json_arg(seed_hparams(wc.model, wc.seed)),
         init=lambda wc, input: f"--init {input.init}" if "init" in input.keys() else "",
@@ -31,4 +33,5 @@ rule train:
         "{params.launch} captioner train --model {wildcards.model} --features {input.features}"
         " --captions {input.captions} --vocab {input.vocab} --hparams {params.hparams:q} {params.init}"
         " --out-dir {params.out_dir} --checkpoint {output.checkpoint} --metrics {output.metrics}"
-        " --curve {output.curve} --threads {threads} --device {params.device} 2> {log}"
+        " --curve {output.curve} --threads {threads} --device {params.device}"
+        " --checkpoint-minutes {resources.checkpoint_minutes} 2> {log}"

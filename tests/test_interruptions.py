@@ -1,0 +1,136 @@
+"""Training stopped inside an epoch (SIGUSR1/SIGTERM, as SLURM sends before a time limit or a preemption, or killed
+after a periodic mid-epoch checkpoint) resumes at the batch it stopped at and ends with the losses of an
+uninterrupted run: cross-entropy and SCST, one process and two (torchrun)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from captioner.models.checkpoint import load_checkpoint
+from captioner.training.trainer import EXIT_INTERRUPTED
+from tests.test_ddp import M2, ROOT, SAT, column, environment, regions, single_process, torchrun_command  # noqa: F401
+from tests.training_helpers import train_command
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert process.poll() is None, f"the process ended before {what}"
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def epoch_row_written(out: Path, epoch: int):
+    return lambda: (out / "metrics.csv").exists() and f"\n{epoch}," in (out / "metrics.csv").read_text()
+
+
+def position(out: Path) -> dict:
+    return load_checkpoint(out / "last.pt").get("position") or {}
+
+
+def setups(caption_set, regions, tmp_path):  # noqa: F811
+    """(model, hparams, features, init) of a cross-entropy and an SCST run."""
+    xe = single_process(caption_set, tmp_path / "xe", dict(M2, epochs=2), "m2_xe", regions)
+    return {"sat_soft": (dict(SAT, epochs=5), caption_set / "grid.h5", None),
+            "m2_scst": (dict(M2, scst_epochs=4), regions, xe / "checkpoint.pt")}
+
+
+@pytest.mark.parametrize("model", ["sat_soft", "m2_scst"])
+def test_a_stop_signal_mid_epoch_saves_the_position_and_the_resumed_run_matches(caption_set, regions, tmp_path,  # noqa: F811
+                                                                                model):
+    hparams, features, init = setups(caption_set, regions, tmp_path)[model]
+    reference = single_process(caption_set, tmp_path / "straight", hparams, model, features, init)
+    out = tmp_path / "stopped"
+    command = train_command(caption_set, out, hparams, model, features) + (["--init", str(init)] if init else [])
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    wait_for(epoch_row_written(out, 1), process, 120, "the first epoch")
+    process.send_signal(signal.SIGUSR1)  # as `scancel --signal=USR1` or SLURM's --signal warning
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == EXIT_INTERRUPTED, stderr[-2000:]
+    assert "SIGUSR1: stopping after this step" in stderr and "holds the position; rerun to continue" in stderr
+    where = position(out)
+    epoch = load_checkpoint(out / "last.pt")["epoch"]
+    assert where["batches_done"] >= 1 and 1 <= epoch < 4, (where, epoch)
+
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"batch {where['batches_done']} of epoch {epoch + 1}" in resumed.stderr
+    np.testing.assert_allclose(column(out, "train_loss"), column(reference, "train_loss"), rtol=1e-6)
+    if model == "m2_scst":
+        np.testing.assert_allclose(column(out, "train_reward"), column(reference, "train_reward"), rtol=1e-6)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_a_periodic_mid_epoch_checkpoint_survives_a_kill(caption_set, tmp_path):
+    hparams = dict(SAT, epochs=4, batch_size=4)  # 24 batches an epoch
+    reference = single_process(caption_set, tmp_path / "straight", hparams, "sat_soft", caption_set / "grid.h5")
+    for attempt in range(3):  # the kill can land just after an epoch-end save (no position in it): try again
+        out = tmp_path / f"killed{attempt}"
+        command = train_command(caption_set, out, hparams) + ["--checkpoint-minutes", "0.00001"]  # every step
+        process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+
+        def mid_epoch_saved():
+            try:
+                return (out / "last.pt").exists() and position(out).get("batches_done", 0) >= 2 \
+                    and load_checkpoint(out / "last.pt")["epoch"] >= 1
+            except Exception:  # noqa: BLE001 - the rename may land between exists() and the read
+                return False
+
+        wait_for(mid_epoch_saved, process, 120, "a mid-epoch checkpoint")
+        process.send_signal(signal.SIGKILL)  # a node failure: no chance to save
+        process.wait()
+        where = position(out)
+        if where:
+            break
+    assert where, "every kill landed on an epoch end"
+    epoch = load_checkpoint(out / "last.pt")["epoch"]
+    resumed = subprocess.run(train_command(caption_set, out, hparams), capture_output=True, text=True, timeout=300,
+                             check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"batch {where['batches_done']} of epoch {epoch + 1}" in resumed.stderr
+    np.testing.assert_allclose(column(out, "train_loss"), column(reference, "train_loss"), rtol=1e-6)
+
+
+def test_a_second_signal_exits_at_once(caption_set, tmp_path):
+    out = tmp_path / "twice"
+    process = subprocess.Popen(train_command(caption_set, out, dict(SAT, epochs=50)), stderr=subprocess.DEVNULL)
+    wait_for(epoch_row_written(out, 1), process, 120, "the first epoch")
+    before = (out / "last.pt").stat().st_mtime_ns
+    process.send_signal(signal.SIGUSR1)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    assert (out / "last.pt").stat().st_mtime_ns == before or load_checkpoint(out / "last.pt")
+
+
+def test_two_processes_stop_together_at_one_step_and_resume_like_one_process(caption_set, tmp_path):
+    """SIGUSR1 to one worker only: every rank stops after the same step, one last.pt is written, and the resumed
+    2-process run ends with the single-process losses."""
+    hparams = dict(SAT, epochs=4)
+    reference = single_process(caption_set, tmp_path / "single", hparams, "sat_soft", caption_set / "grid.h5")
+    out = tmp_path / "ddp"
+    command = torchrun_command(caption_set, out, hparams, "sat_soft", caption_set / "grid.h5")
+    process = subprocess.Popen(command, cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    wait_for(epoch_row_written(out, 1), process, 240, "the first epoch")
+    workers = [int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
+    os.kill(workers[-1], signal.SIGUSR1)
+    _, stderr = process.communicate(timeout=240)
+    assert process.returncode != 0  # torchrun reports its workers' exit status 75 as a failure
+    assert stderr.count("holds the position; rerun to continue") == 2  # both ranks stopped
+    assert stderr.count("saved ") == 1  # rank 0 wrote the one checkpoint
+    where = position(out)
+    assert where["batches_done"] >= 1
+    resumed = subprocess.run(command, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=300,
+                             check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"batch {where['batches_done']} of epoch" in resumed.stderr
+    np.testing.assert_allclose(column(out, "train_loss"), column(reference, "train_loss"), rtol=1e-4)

@@ -61,10 +61,16 @@ def test_a_stop_signal_mid_epoch_saves_the_position_and_the_resumed_run_matches(
     epoch = load_checkpoint(out / "last.pt")["epoch"]
     assert where["batches_done"] >= 1 and 1 <= epoch < 4, (where, epoch)
 
+    (out / "checkpoint.pt").unlink()  # Snakemake deletes a failed job's outputs before its retry
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"batch {where['batches_done']} of epoch {epoch + 1}" in resumed.stderr
     np.testing.assert_allclose(column(out, "train_loss"), column(reference, "train_loss"), rtol=1e-6)
+    # the best epoch's weights, not the last epoch's, even though checkpoint.pt was deleted mid-run
+    best, expected = load_checkpoint(out / "checkpoint.pt"), load_checkpoint(reference / "checkpoint.pt")
+    assert best["epoch"] == expected["epoch"] and best["best"] == expected["best"]
+    for key, value in expected["state_dict"].items():
+        np.testing.assert_allclose(best["state_dict"][key].numpy(), value.numpy(), rtol=1e-5, atol=1e-7)
     if model == "m2_scst":
         np.testing.assert_allclose(column(out, "train_reward"), column(reference, "train_reward"), rtol=1e-6)
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]

@@ -29,6 +29,7 @@ import io
 import json
 import math
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -66,6 +67,7 @@ class TrainingInterrupted(Exception):
     """A stop signal arrived; ``last.pt`` holds the position to continue from."""
 
 
+BEST_COPY = "best.pt"  # the best epoch's weights again, beside last.pt (what checkpoint.pt is restored from)
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: not done, try again (Snakemake's retry or SLURM's requeue resumes)
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
 
@@ -189,7 +191,8 @@ class Trainer:
         self.val_cider = CiderD(self.val_refs)  # corpus df of the val references, as pycocoevalcap
         if self.ranks.enabled:
             self._seed_rank_streams()  # from here on (dropout, hard attention) each rank draws its own numbers
-        self._resume_if_possible()
+        if not self._resume_if_possible() and self.ranks.is_main:
+            (self.out_dir / BEST_COPY).unlink(missing_ok=True)  # another run's best weights: never handed on
         # what a training step calls: DDP all-reduces the gradients of the work done inside the objective's forward
         self.train_module: torch.nn.Module = self.objective
         if self.ranks.enabled:
@@ -233,10 +236,10 @@ class Trainer:
         """The objective's own buffers (e.g. a REINFORCE baseline), without the model's."""
         return {k: v.detach().cpu() for k, v in self.objective.state_dict().items() if not k.startswith("model.")}
 
-    def _resume_if_possible(self) -> None:
+    def _resume_if_possible(self) -> bool:
         last = self.out_dir / "last.pt"
         if not last.exists():
-            return
+            return False
         try:
             checkpoint = load_checkpoint(last)
         except CheckpointError as error:  # never half-load; never silently overwrite what may be weeks of work
@@ -244,13 +247,13 @@ class Trainer:
                                   f"train {self.name.name} from scratch") from None
         if checkpoint.get("hparams") != self.hp or checkpoint.get("name") != self.name.name:
             self._log(f"warning: {last} was written with other settings; starting afresh")
-            return
+            return False
         if checkpoint.get("input_stamps") != self.input_stamps:
             changed = sorted(role for role in {**self.input_stamps, **checkpoint.get("input_stamps", {})}
                              if self.input_stamps.get(role) != checkpoint.get("input_stamps", {}).get(role))
             self._log(f"warning: {last} was trained on other input files ({', '.join(changed)} changed since); "
                       "starting afresh")
-            return
+            return False
         state = {f"model.{k}": v for k, v in checkpoint["state_dict"].items()}
         self.objective.load_state_dict({**state, **checkpoint.get("objective_state", {})})
         self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -268,6 +271,7 @@ class Trainer:
             self._seed_rank_streams()
         where = f", batch {self.batches_done} of epoch {self.epoch + 1}" if self.batches_done else ""
         self._log(f"resuming {self.name.name} from {last} after epoch {self.epoch}{where} (step {self.step})")
+        return True
 
     def _checkpoint(self, with_optimizer: bool, rng_ranks: list | None = None, position: dict | None = None) -> dict:
         checkpoint = {
@@ -429,7 +433,14 @@ class Trainer:
                       f"e.g. {val['val_sample']!r}")
         # rank 0's view: another rank could look before rank 0 has renamed its last save into place
         if distributed.broadcast_object(not self.outputs["checkpoint"].exists()):
-            self._save(best=True)
+            # Snakemake deletes a failed job's outputs (checkpoint.pt among them) before its retry resumes from
+            # last.pt: the best epoch's weights come back from their copy beside last.pt
+            best_copy = self.out_dir / BEST_COPY
+            if self.ranks.is_main and best_copy.exists():
+                with atomic.atomic_path(self.outputs["checkpoint"]) as tmp:
+                    shutil.copyfile(best_copy, tmp)
+            elif not best_copy.exists():
+                self._save(best=True)
         return self.outputs["checkpoint"]
 
     def _save(self, best: bool, position: dict | None = None) -> None:
@@ -446,7 +457,9 @@ class Trainer:
                       f"epoch {self.epoch + 1} (step {self.step})")
             return
         if best:
-            atomic.save_torch(self.outputs["checkpoint"], self._checkpoint(with_optimizer=False))
+            best_weights = self._checkpoint(with_optimizer=False)
+            atomic.save_torch(self.out_dir / BEST_COPY, best_weights)  # not a Snakemake output: survives a retry
+            atomic.save_torch(self.outputs["checkpoint"], best_weights)
         write_metrics(self.history, self.outputs["metrics"], self.outputs["curve"], self.name.name)
 
 

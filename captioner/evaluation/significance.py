@@ -37,7 +37,7 @@ def seed_averaged_arrays(runs: list[dict], ids: list[str]) -> dict[str, np.ndarr
     """Per-image statistics averaged over a model's training seeds (one seed: its own), so the test compares the
     systems on these images with the training seed averaged out. BLEU's counts average too: corpus BLEU of the mean
     counts is that of all seeds' captions pooled."""
-    arrays = [per_image_arrays(scores, ids) for scores in runs]
+    arrays = [per_image_arrays(scores, ids, corpus_meteor=False) for scores in runs]
     return {key: np.mean([a[key] for a in arrays], axis=0) for key in arrays[0]}
 
 
@@ -82,7 +82,7 @@ def to_markdown(results: list[dict], confidence: float, trials: int, resamples: 
     lines += [f"Test: {TEST_NAME}; {trials:,} randomisation trials (the smallest p is 1/{trials + 1:,}), {resamples:,} "
               "bootstrap resamples. One test per metric and pair, not corrected for multiple comparisons. BLEU is "
               "recomputed from the resampled n-gram counts; METEOR uses per-image scores (an approximation of its "
-              "corpus aggregate)."]
+              "corpus aggregate, so its columns here are the means of per-image METEOR and differ from the results table's)."]
     return "\n".join(lines) + "\n"
 
 

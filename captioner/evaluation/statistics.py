@@ -8,7 +8,9 @@ What a score file keeps per image, and how the corpus score is rebuilt from it:
 - CIDEr-D, ROUGE-L: the corpus score is the mean of the per-image scores. CIDEr-D's document frequencies stay those
   of the full reference set the corpus score was computed with (a resample does not recompute them).
 - METEOR: the corpus score aggregates per-segment statistics inside METEOR's Java code; a resample uses the mean of
-  the per-image METEOR scores instead, which approximates it (the score file records the gap on the full set).
+  the per-image METEOR scores instead, shifted by the gap between the two on the full set (the score file records
+  it), which approximates the corpus score of the resample. Paired tests compare the plain means of per-image METEOR
+  (a shift that would change under swapping cannot be carried into the null distribution).
 - SPICE: the corpus score is the mean of the per-image F-scores.
 
 Everything is vectorised over resamples: ``resamples`` x ``images`` index (or swap) matrices, one gather per metric.
@@ -52,10 +54,13 @@ def corpus_bleu(sums: np.ndarray) -> np.ndarray:
     return 100.0 * bleus * penalty[..., None]
 
 
-def per_image_arrays(scores: dict, ids: list[str]) -> dict[str, np.ndarray]:
-    """The score file's per-image values as arrays in ``ids`` order: "bleu_stats" (images x 10) and each mean metric."""
+def per_image_arrays(scores: dict, ids: list[str], corpus_meteor: bool = True) -> dict[str, np.ndarray]:
+    """The score file's per-image values as arrays in ``ids`` order: "bleu_stats" (images x 10) and each mean metric;
+    with ``corpus_meteor``, the shift that puts the full set's mean of per-image METEOR onto its corpus score."""
     per_image = scores["per_image"]
     arrays = {}
+    if corpus_meteor and "METEOR" in scores["corpus"] and "meteor_mean_minus_corpus" in scores:
+        arrays["METEOR shift"] = np.array(-float(scores["meteor_mean_minus_corpus"]))
     if "bleu_stats" in scores:
         arrays["bleu_stats"] = np.array([scores["bleu_stats"][i] for i in ids], dtype=np.float64)
     for metric in MEAN_METRICS:
@@ -76,6 +81,8 @@ def corpus_from_arrays(arrays: dict[str, np.ndarray], weights: np.ndarray) -> di
     for metric in MEAN_METRICS:
         if metric in arrays:
             out[metric] = weights @ arrays[metric] / total
+    if "METEOR shift" in arrays and "METEOR" in out:
+        out["METEOR"] = out["METEOR"] + arrays["METEOR shift"]
     return out
 
 
@@ -90,7 +97,7 @@ def bootstrap_weights(images: int, resamples: int, seed: int) -> np.ndarray:
 
 def intervals(arrays: dict[str, np.ndarray], resamples: int, seed: int, confidence: float) -> dict[str, list[float]]:
     """Percentile bootstrap intervals over images: {metric: [low, high]}."""
-    images = len(next(iter(arrays.values())))
+    images = len(arrays[next(k for k in arrays if k != "METEOR shift")])
     resampled = corpus_from_arrays(arrays, bootstrap_weights(images, resamples, seed))
     tail = 100 * (1 - confidence) / 2
     return {metric: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))]
@@ -101,7 +108,7 @@ def pooled_intervals(per_seed: list[dict[str, np.ndarray]], resamples: int, seed
                      confidence: float) -> dict[str, list[float]]:
     """An interval over images and seeds: each resample draws a seed at random and resamples that seed's images
     (the same image draw for every seed), so the spread holds both the test-set and the training-seed variance."""
-    images = len(next(iter(per_seed[0].values())))
+    images = len(per_seed[0][next(k for k in per_seed[0] if k != "METEOR shift")])
     weights = bootstrap_weights(images, resamples, seed)
     which = np.random.default_rng(seed + 1).integers(0, len(per_seed), size=resamples)
     by_seed = [corpus_from_arrays(arrays, weights) for arrays in per_seed]

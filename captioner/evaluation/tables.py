@@ -142,7 +142,7 @@ def to_markdown(rows: list[dict], title: str = "", confidence: float | None = No
         lines.append(f"[low, high]: the {confidence:.0%} percentile-bootstrap interval over the split's images "
                      "(BLEU recomputed from resampled n-gram counts; CIDEr-D, ROUGE-L: means of per-image scores, "
                      "CIDEr-D's document frequencies fixed from the full reference set; METEOR: mean of per-image "
-                     "scores, an approximation of its corpus aggregate).")
+                     "scores shifted onto the corpus score, an approximation of its corpus aggregate).")
     if any(r["model"].startswith("published:") for r in rows):
         lines.append("*Italic rows* are the papers' published numbers on the Karpathy test split (5,000 images), for "
                      "comparison; they were not produced by this pipeline.")

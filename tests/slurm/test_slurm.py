@@ -125,6 +125,7 @@ def test_whole_dag_through_slurm_equals_a_local_run(cluster, finished_run, tmp_p
     calls = sbatch_calls(output)
     assert "--gpus=1" in calls["train"] and "--gpus=1" in calls["extract_features"] and "-p main" in calls["train"]
     assert "--gpus" not in calls["score"] and "--cpus-per-task=1" in calls["score"]
+    assert "--signal=USR1@300" in calls["train"]  # the trainer's warning before the time limit
     report(f"sbatch (GPU rule): {calls['train'][:400]}")
     report(f"sbatch (CPU rule): {calls['score'][:400]}")
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +15,10 @@ import pytest
 from captioner.models.checkpoint import load_checkpoint
 from captioner.training.trainer import EXIT_INTERRUPTED
 from tests.test_ddp import M2, ROOT, SAT, column, environment, regions, single_process, torchrun_command  # noqa: F401
+from tests.faults.test_kills import wait_for
 from tests.training_helpers import train_command
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(condition, process: subprocess.Popen, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert process.poll() is None, f"the process ended before {what}"
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def epoch_row_written(out: Path, epoch: int):

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from captioner.evaluation.statistics import bootstrap_weights, corpus_from_arrays, paired_test, per_image_arrays
+from captioner.evaluation.statistics import paired_test, per_image_arrays
 from captioner.evaluation.tables import COLUMNS, runs_by_model
 from pipeline.atomic import write_json, write_text
 from pipeline.config import defaults
@@ -48,19 +48,7 @@ def compare(runs_a: list[dict], runs_b: list[dict], resamples: int, trials: int,
             raise InputError(f"{runs_a[0].get('model')} and {scores.get('model')} were scored on different images: "
                              "a paired test needs the same ones")
     arrays_a, arrays_b = seed_averaged_arrays(runs_a, ids), seed_averaged_arrays(runs_b, ids)
-    tests = paired_test(arrays_a, arrays_b, resamples, trials, seed, confidence)
-    # ratio a / b over the same bootstrap resamples (e.g. "3.3x its blind baseline", with an interval)
-    weights = bootstrap_weights(len(ids), resamples, seed)
-    boot_a, boot_b = corpus_from_arrays(arrays_a, weights), corpus_from_arrays(arrays_b, weights)
-    tail = 100 * (1 - confidence) / 2
-    for metric, test in tests.items():
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratios = boot_a[metric] / boot_b[metric]
-        test["ratio"] = test["a"] / test["b"] if test["b"] else None
-        finite = ratios[np.isfinite(ratios)]
-        test["ratio_interval"] = ([float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail))]
-                                  if len(finite) == len(ratios) else None)
-    return tests
+    return paired_test(arrays_a, arrays_b, resamples, trials, seed, confidence)
 
 
 def to_markdown(results: list[dict], confidence: float, trials: int, resamples: int) -> str:

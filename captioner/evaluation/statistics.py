@@ -86,6 +86,10 @@ def corpus_from_arrays(arrays: dict[str, np.ndarray], weights: np.ndarray) -> di
     return out
 
 
+def image_count(arrays: dict[str, np.ndarray]) -> int:
+    return len(arrays[next(key for key in arrays if key != "METEOR shift")])
+
+
 def bootstrap_weights(images: int, resamples: int, seed: int) -> np.ndarray:
     """``resamples`` x ``images`` multiplicities of a bootstrap over images (each row sums to ``images``)."""
     rng = np.random.default_rng(seed)
@@ -97,7 +101,7 @@ def bootstrap_weights(images: int, resamples: int, seed: int) -> np.ndarray:
 
 def intervals(arrays: dict[str, np.ndarray], resamples: int, seed: int, confidence: float) -> dict[str, list[float]]:
     """Percentile bootstrap intervals over images: {metric: [low, high]}."""
-    images = len(arrays[next(k for k in arrays if k != "METEOR shift")])
+    images = image_count(arrays)
     resampled = corpus_from_arrays(arrays, bootstrap_weights(images, resamples, seed))
     tail = 100 * (1 - confidence) / 2
     return {metric: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))]
@@ -108,7 +112,7 @@ def pooled_intervals(per_seed: list[dict[str, np.ndarray]], resamples: int, seed
                      confidence: float) -> dict[str, list[float]]:
     """An interval over images and seeds: each resample draws a seed at random and resamples that seed's images
     (the same image draw for every seed), so the spread holds both the test-set and the training-seed variance."""
-    images = len(per_seed[0][next(k for k in per_seed[0] if k != "METEOR shift")])
+    images = image_count(per_seed[0])
     weights = bootstrap_weights(images, resamples, seed)
     which = np.random.default_rng(seed + 1).integers(0, len(per_seed), size=resamples)
     by_seed = [corpus_from_arrays(arrays, weights) for arrays in per_seed]
@@ -123,10 +127,11 @@ def pooled_intervals(per_seed: list[dict[str, np.ndarray]], resamples: int, seed
 
 def paired_test(a: dict[str, np.ndarray], b: dict[str, np.ndarray], resamples: int, trials: int, seed: int,
                 confidence: float) -> dict[str, dict]:
-    """System a minus system b on the same images, per metric: the difference, its paired-bootstrap interval, and the
-    p-value of an approximate randomisation test (two-sided: per trial each image's outputs are swapped between the
-    systems with probability 1/2; p = (1 + #trials with |difference| >= observed) / (1 + trials))."""
-    images = len(next(iter(a.values())))
+    """System a minus system b on the same images, per metric: the difference and the ratio a / b with their
+    paired-bootstrap intervals (the same resamples for both systems), and the p-value of an approximate randomisation
+    test (two-sided: per trial each image's outputs are swapped between the systems with probability 1/2;
+    p = (1 + #trials with |difference| >= observed) / (1 + trials))."""
+    images = image_count(a)
     ones = np.ones((1, images))
     observed_a, observed_b = corpus_from_arrays(a, ones), corpus_from_arrays(b, ones)
     weights = bootstrap_weights(images, resamples, seed)
@@ -140,9 +145,14 @@ def paired_test(a: dict[str, np.ndarray], b: dict[str, np.ndarray], resamples: i
         spread = boot_a[metric] - boot_b[metric]
         null = shuffled_a[metric] - shuffled_b[metric]
         exceed = int(np.sum(np.abs(null) >= abs(difference) - 1e-12))
-        out[metric] = {"a": float(observed_a[metric][0]), "b": float(observed_b[metric][0]), "difference": difference,
+        score_a, score_b = float(observed_a[metric][0]), float(observed_b[metric][0])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = boot_a[metric] / boot_b[metric]
+        out[metric] = {"a": score_a, "b": score_b, "difference": difference,
                        "interval": [float(np.percentile(spread, tail)), float(np.percentile(spread, 100 - tail))],
-                       "p_value": (1 + exceed) / (1 + trials)}
+                       "p_value": (1 + exceed) / (1 + trials), "ratio": score_a / score_b if score_b else None,
+                       "ratio_interval": ([float(np.percentile(ratios, tail)), float(np.percentile(ratios, 100 - tail))]
+                                          if np.all(np.isfinite(ratios)) else None)}
     return out
 
 

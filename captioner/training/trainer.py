@@ -28,7 +28,9 @@ import importlib
 import io
 import json
 import math
+import os
 import random
+import signal
 import shutil
 import sys
 import time
@@ -375,8 +377,6 @@ class Trainer:
 
     def _install_stop_handlers(self) -> None:
         """SIGTERM / SIGUSR1: finish the step, write last.pt, exit 75. A second signal exits at once."""
-        import os
-        import signal
 
         def handler(signum, _frame):
             if self.stop_signal is not None:

@@ -14,8 +14,8 @@ import pytest
 
 from captioner.models.checkpoint import load_checkpoint
 from captioner.training.trainer import EXIT_INTERRUPTED
-from tests.test_ddp import M2, ROOT, SAT, column, environment, regions, single_process, torchrun_command  # noqa: F401
 from tests.faults.test_kills import wait_for
+from tests.test_ddp import M2, ROOT, SAT, column, environment, regions, single_process, torchrun_command  # noqa: F401
 from tests.training_helpers import train_command
 
 pytestmark = pytest.mark.slow
@@ -109,21 +109,39 @@ def test_a_second_signal_exits_at_once(caption_set, tmp_path):
     assert (out / "last.pt").stat().st_mtime_ns == before or load_checkpoint(out / "last.pt")
 
 
-def test_two_processes_stop_together_at_one_step_and_resume_like_one_process(caption_set, tmp_path):
-    """SIGUSR1 to one worker only: every rank stops after the same step, one last.pt is written, and the resumed
-    2-process run ends with the single-process losses."""
-    hparams = dict(SAT, epochs=4)
-    reference = single_process(caption_set, tmp_path / "single", hparams, "sat_soft", caption_set / "grid.h5")
+def launcher_command(*args) -> list[str]:
+    """What the train rule runs with train.gpus_per_job: 2 (captioner.training.launch: torchrun, signal-safe)."""
+    command = torchrun_command(*args)
+    return [command[0], "-m", "captioner.training.launch", *command[3:]]
+
+
+@pytest.mark.parametrize("model,target", [("sat_soft", "one worker"), ("m2_scst", "the whole job")])
+def test_two_processes_stop_together_at_one_step_and_resume_like_one_process(caption_set, regions, tmp_path,  # noqa: F811
+                                                                             model, target):
+    """A stop signal to one worker only (SIGUSR1), or SIGTERM to every process of the job as SLURM sends at a time
+    limit or a preemption (torchrun's agent included): every rank stops after the same step, one last.pt is
+    written, the launcher exits 75, and the resumed 2-process run ends with the single-process losses."""
+    hparams, features, init = setups(caption_set, regions, tmp_path)[model]
+    if model == "sat_soft":
+        hparams = dict(hparams, epochs=4)
+    reference = single_process(caption_set, tmp_path / "single", hparams, model, features, init)
     out = tmp_path / "ddp"
-    command = torchrun_command(caption_set, out, hparams, "sat_soft", caption_set / "grid.h5")
+    command = launcher_command(caption_set, out, hparams, model, features, init)
     process = subprocess.Popen(command, cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     wait_for(epoch_row_written(out, 1), process, 240, "the first epoch")
-    workers = [int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
-    os.kill(workers[-1], signal.SIGUSR1)
+    # the launcher runs torchrun's agent in-process; its children (each in a session of its own) are the workers
+    workers = [int(pid) for task in Path(f"/proc/{process.pid}/task").iterdir()
+               for pid in (task / "children").read_text().split()]
+    assert len(workers) == 2
+    if target == "one worker":
+        os.kill(workers[-1], signal.SIGUSR1)
+    else:  # as SLURM signals every process of a job step: the agent and both workers
+        for pid in [process.pid, *workers]:
+            os.kill(pid, signal.SIGTERM)
     _, stderr = process.communicate(timeout=240)
-    assert process.returncode != 0  # torchrun reports its workers' exit status 75 as a failure
-    assert stderr.count("holds the position; rerun to continue") == 2  # both ranks stopped
+    assert process.returncode == EXIT_INTERRUPTED, stderr[-3000:]
+    assert stderr.count("holds the position; rerun to continue") == 2, stderr[-3000:]  # both ranks stopped
     assert stderr.count("saved ") == 1  # rank 0 wrote the one checkpoint
     where = position(out)
     assert where["batches_done"] >= 1
@@ -132,3 +150,7 @@ def test_two_processes_stop_together_at_one_step_and_resume_like_one_process(cap
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"batch {where['batches_done']} of epoch" in resumed.stderr
     np.testing.assert_allclose(column(out, "train_loss"), column(reference, "train_loss"), rtol=1e-4)
+    if model == "m2_scst":
+        np.testing.assert_allclose(column(out, "train_reward"), column(reference, "train_reward"), rtol=1e-4)
+    history = (out / "history.log").read_text()  # both attempts, timestamped (the rule's log keeps only the last)
+    assert "started on" in history and "holds the position" in history and "resumed on" in history

@@ -227,6 +227,17 @@ def test_shards_become_parallel_jobs_and_a_merge(tmp_path):
     assert planned["extract_features"] == 6 and planned["merge_features"] == 2
 
 
+def test_multi_gpu_training_jobs_run_the_signal_safe_torchrun_launcher(tmp_path):
+    workdir = copy_workflow(tmp_path / "project")
+    edit_config(workdir, lambda c: c["train"].__setitem__("gpus_per_job", {"sat": 2, "m2": 1}))
+    commands = snakemake(workdir, "-n", "-p", "--resources", "gpu=2", "--forceall").stdout
+    trains = [line for line in commands.splitlines() if " captioner train --model " in line]
+    launched = [line for line in trains if "-m captioner.training.launch --standalone --nproc-per-node 2 -m " in line]
+    assert trains and {line.split("--model ")[1].split()[0] for line in launched} == {"sat_soft", "sat_hard",
+                                                                                      "sat_soft_blind"}
+    assert not [line for line in trains if "torchrun" in line]  # plain torchrun would lose a stopped job's save
+
+
 def test_samples_and_report(run_copy):
     samples = (run_copy / RUN / "tables/samples.md").read_text()
     assert all(f"`{m}`" in samples for m in MODELS) and "*reference*" in samples

@@ -112,6 +112,12 @@ def broadcast_object(obj):
     return holder[0]
 
 
+def barrier() -> None:
+    """Wait for every rank (e.g. until rank 0 has written a file the others must not exit before)."""
+    if active():
+        dist.barrier()
+
+
 def all_gather_object(obj) -> list:
     """Every rank's ``obj``, in rank order."""
     if not active():

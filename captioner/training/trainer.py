@@ -30,11 +30,13 @@ import json
 import math
 import os
 import random
-import signal
 import shutil
+import signal
+import socket
 import sys
 import time
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +74,8 @@ class TrainingInterrupted(Exception):
 BEST_COPY = "best.pt"  # the best epoch's weights again, beside last.pt (what checkpoint.pt is restored from)
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: not done, try again (Snakemake's retry or SLURM's requeue resumes)
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
+# every attempt's log lines, timestamped, beside last.pt: Snakemake deletes the rule's log before each retry
+HISTORY = "history.log"
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -187,14 +191,17 @@ class Trainer:
         self.epoch_totals: dict | None = None  # the running sums of a resumed, part-done epoch
         self.checkpoint_seconds = 60.0 * checkpoint_minutes  # 0: at epoch ends only
         self.stop_signal: str | None = None
+        self.saved_after_stop = False
         self.best = {"val_cider": -math.inf, "epoch": 0}
         self.history: list[dict] = []
         self.val_refs = [[" ".join(tokenize(r)) for r in image["refs"]] for image in self.val_images]
         self.val_cider = CiderD(self.val_refs)  # corpus df of the val references, as pycocoevalcap
         if self.ranks.enabled:
             self._seed_rank_streams()  # from here on (dropout, hard attention) each rank draws its own numbers
-        if not self._resume_if_possible() and self.ranks.is_main:
+        resumed = self._resume_if_possible()
+        if not resumed and self.ranks.is_main:
             (self.out_dir / BEST_COPY).unlink(missing_ok=True)  # another run's best weights: never handed on
+        self._log_start(resumed)
         # what a training step calls: DDP all-reduces the gradients of the work done inside the objective's forward
         self.train_module: torch.nn.Module = self.objective
         if self.ranks.enabled:
@@ -212,9 +219,21 @@ class Trainer:
         """Deterministic, different random numbers per rank (epoch mixed in so a re-seed does not replay them)."""
         set_seed(int(self.hp["seed"]) + self.ranks.rank + 1000 * self.epoch)
 
-    def _log(self, message: str) -> None:
+    def _log(self, message: str, every_rank: bool = False) -> None:
+        if self.ranks.is_main or every_rank:
+            print(message, file=sys.stderr, flush=True)
         if self.ranks.is_main:
-            print(message, file=sys.stderr)
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.out_dir / HISTORY, "a") as handle:
+                handle.write(f"{datetime.now().isoformat(timespec='seconds')} {message}\n")
+
+    def _log_start(self, resumed: bool) -> None:
+        if not resumed and self.ranks.is_main:
+            (self.out_dir / HISTORY).unlink(missing_ok=True)  # another run's history
+        job = os.environ.get("SLURM_JOB_ID")
+        where = f"{socket.gethostname()}" + (f", SLURM job {job}" if job else "")
+        self._log(f"{self.name.name}: {'resumed' if resumed else 'started'} on {where} "
+                  f"({self.ranks.world_size} process{'es' if self.ranks.world_size > 1 else ''})")
 
     def _global_loss(self, loss: torch.Tensor, count: float, sums: dict) -> tuple[torch.Tensor, float, dict]:
         """(loss to back-propagate, loss of the global batch, global means of ``sums``: name -> (sum, count)).
@@ -356,6 +375,10 @@ class Trainer:
                 self._save(best=False, position={"batches_done": self.batches_done, "totals": dict(totals)})
                 last_save = time.monotonic()
                 if stop:
+                    # no rank leaves before rank 0's last.pt is on disk: torchrun stops the other workers as soon
+                    # as one exits, and a stop that came too early would lose the checkpoint
+                    distributed.barrier()
+                    self.saved_after_stop = True
                     raise TrainingInterrupted(f"{self.stop_signal or 'a stop signal'} (on some rank)")
         self.batches_done = 0
         n = max(totals["batches"], 1)
@@ -379,10 +402,10 @@ class Trainer:
         """SIGTERM / SIGUSR1: finish the step, write last.pt, exit 75. A second signal exits at once."""
 
         def handler(signum, _frame):
-            if self.stop_signal is not None:
-                os._exit(128 + signum)
+            if self.stop_signal is not None:  # the second signal: at once (75 if last.pt is already written)
+                os._exit(EXIT_INTERRUPTED if self.saved_after_stop else 128 + signum)
             self.stop_signal = signal.Signals(signum).name
-            print(f"note: {self.stop_signal}: stopping after this step", file=sys.stderr, flush=True)
+            self._log(f"note: {self.stop_signal}: stopping after this step", every_rank=True)
 
         for name in STOP_SIGNALS:
             signal.signal(getattr(signal, name), handler)
@@ -524,8 +547,8 @@ def run(args) -> int:
                           checkpoint_minutes=args.checkpoint_minutes)
         trainer.run()
     except TrainingInterrupted as stop:
-        print(f"stopped by {stop}: {Path(args.out_dir) / 'last.pt'} holds the position; rerun to continue "
-              f"(exit {EXIT_INTERRUPTED})", file=sys.stderr)
+        trainer._log(f"stopped by {stop}: {Path(args.out_dir) / 'last.pt'} holds the position; rerun to continue "
+                     f"(exit {EXIT_INTERRUPTED})", every_rank=True)
         return EXIT_INTERRUPTED
     finally:
         distributed.shutdown()

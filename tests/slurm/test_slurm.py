@@ -3,19 +3,30 @@ with sbatch by snakemake-executor-plugin-slurm, runs under SLURM and gives the s
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from tests.workflow_helpers import PROJECT, TINY_CONFIG, copy_workflow, edit_config, environment, planned_jobs
+from tests.workflow_helpers import (
+    PROJECT,
+    TINY_CONFIG,
+    clone_run,
+    copy_workflow,
+    edit_config,
+    environment,
+    planned_jobs,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -49,9 +60,10 @@ def cluster():
         subprocess.run(["bash", str(SCRIPTS / "stop-slurm.sh")], check=False, capture_output=True)
 
 
-def cluster_profile(workdir: Path) -> str:
+def cluster_profile(workdir: Path, train: dict | None = None) -> str:
     """The real profiles/slurm with its placeholders filled for the test cluster, small memory requests and
-    fast status polling; written as a workflow profile beside the copied workflow."""
+    fast status polling (``train``: further resources of the training jobs); written as a workflow profile beside
+    the copied workflow."""
     profile = yaml.safe_load((PROJECT / "profiles/slurm/config.yaml").read_text())
     fill = {"CHANGE_ME_cpu_partition": "main", "CHANGE_ME_gpu_partition": "main", "CHANGE_ME_account": "root"}
     for resources in [profile["default-resources"], *profile["set-resources"].values()]:
@@ -63,6 +75,7 @@ def cluster_profile(workdir: Path) -> str:
             resources["runtime"] = 20
         if "cpus_per_gpu" in resources:
             resources["cpus_per_gpu"] = 1
+    profile["set-resources"]["train"].update(train or {})
     assert not [v for r in profile["set-resources"].values() for v in r.values() if "CHANGE_ME" in str(v)]
     profile.update({"latency-wait": 5, "slurm-init-seconds-before-status-checks": 1,
                     "seconds-between-status-checks": 1, "slurm-logdir": "slurm_logs", "retries": 0})
@@ -72,9 +85,9 @@ def cluster_profile(workdir: Path) -> str:
     return "profiles/slurm-test"
 
 
-def submit(workdir: Path, *targets: str) -> tuple[subprocess.CompletedProcess, float]:
-    command = [sys.executable, "-m", "snakemake", "--workflow-profile", cluster_profile(workdir), "--configfile",
-               TINY_CONFIG, "--verbose", *targets]
+def submit(workdir: Path, *targets: str, train: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    command = [sys.executable, "-m", "snakemake", "--workflow-profile", cluster_profile(workdir, train),
+               "--configfile", TINY_CONFIG, "--verbose", *targets]
     start = time.perf_counter()
     result = subprocess.run(command, cwd=workdir, env=environment(slurm=True), capture_output=True, text=True,
                             timeout=1200, check=False)
@@ -159,3 +172,100 @@ def test_feature_shards_run_as_concurrent_slurm_jobs(cluster, tmp_path):
     assert first_merge_start >= min(interval(j)[1] for j in shards)
     report(f"sharded extraction on SLURM: {len(shards)} shard jobs, overlapping pairs {overlapping}, "
            f"merges started {first_merge_start:%H:%M:%S} (last shard ended {last_shard_end:%H:%M:%S}), {seconds:.0f} s")
+
+
+# ~55 s of training on one core against 1-minute jobs that train ~30 s each (start-up ~10 s, the warning 20 s before
+# the limit): two jobs at least, three with the scancel. (Each resubmission also waits ~30 s for the plugin's status
+# check, whose interval grows by 10 s per check while a job runs.)
+LONG_SAT = {"epochs": 36, "batch_size": 4, "patience": 36,
+            "model": {"embed_dim": 64, "hidden_dim": 128, "attention_dim": 64, "init_layers": 1, "dropout": 0.0}}
+TRAINED = "results/tiny/models/sat_soft/seed0"
+STOP_SAVED = re.compile(r"^(\S+) sat_soft: saved \S+ at batch (\d+) of epoch (\d+) \(step (\d+)\)$", re.MULTILINE)
+RESUMED = re.compile(r"^(\S+) resuming sat_soft from \S+ after epoch \d+, batch (\d+) of epoch (\d+) \(step (\d+)\)$",
+                     re.MULTILINE)
+
+
+def train_job_ids(workdir: Path) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i|%k|%Z"], capture_output=True, text=True,
+                         check=False).stdout
+    return [line.split("|")[0] for line in out.splitlines()
+            if line.count("|") == 2 and line.split("|")[1].startswith("rule_train")
+            and Path(line.split("|")[2]).resolve() == workdir.resolve()]
+
+
+def test_training_longer_than_its_time_limit_finishes_in_chunks_like_a_local_run(cluster, finished_run, tmp_path):
+    """The real profile with a 1-minute limit for training jobs against ~90 s of training: every job gets the
+    profile's SIGUSR1 warning (20 s before the limit here), writes last.pt mid-epoch and exits 75; Snakemake
+    resubmits it (preemptible-retries) and the next job resumes at that batch. The first job is also stopped by hand
+    with `scancel --signal=USR1`. The chunks end with the losses and weights of an uninterrupted local run."""
+
+    def longer(config):
+        config["sat"].update({k: v for k, v in LONG_SAT.items() if k != "model"})
+        config["sat"]["model"] = dict(config["sat"]["model"], **LONG_SAT["model"])
+
+    local, chunked = clone_run(finished_run, tmp_path / "local"), clone_run(finished_run, tmp_path / "chunked")
+    for workdir in (local, chunked):
+        edit_config(workdir, longer)
+    # the uninterrupted run, on the other core meanwhile
+    straight = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "--resources", "gpu=1",
+                                 "--configfile", TINY_CONFIG, "--", f"{TRAINED}/checkpoint.pt"],
+                                cwd=local, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    by_hand: dict = {}
+
+    def stop_the_first_job():  # once it has trained an epoch: mid-epoch, well before its warning
+        deadline = time.time() + 240
+        history = chunked / TRAINED / "history.log"
+        while time.time() < deadline:
+            jobs = train_job_ids(chunked)
+            text = history.read_text() if history.exists() else ""  # (the cloned run's history until the job starts)
+            if jobs and f"SLURM job {jobs[0]} " in text and "sat_soft epoch 1:" in text.split(f"SLURM job {jobs[0]} ")[1]:
+                subprocess.run(["scancel", "--signal=USR1", jobs[0]], check=True)
+                by_hand.update(job=jobs[0], at=datetime.now())
+                return
+            time.sleep(0.5)
+
+    stopper = threading.Thread(target=stop_the_first_job, daemon=True)
+    stopper.start()
+    _, seconds = submit(chunked, f"{TRAINED}/checkpoint.pt",
+                             train={"runtime": 1, "slurm_extra": "'--signal=USR1@20'"})
+    stopper.join(timeout=5)
+    local_output, _ = straight.communicate(timeout=600)
+    assert straight.returncode == 0, local_output[-3000:]
+
+    jobs = [j for j in sacct_jobs(chunked) if j["comment"].startswith("rule_train")]
+    report(f"chunked training on SLURM: {len(jobs)} jobs of 1 minute in {seconds:.0f} s, "
+           f"states {[(j['state'], j['exit']) for j in jobs]}")
+    assert len(jobs) >= 3 and jobs[-1]["state"] == "COMPLETED", jobs
+    assert by_hand, "the first training job was not seen running"
+    # (the job's own exit status is 1: Snakemake inside it reports the rule's 75 as a failure)
+    assert by_hand["job"] == jobs[0]["id"] and jobs[0]["state"] == "FAILED", jobs[0]
+
+    history = (chunked / TRAINED / "history.log").read_text()
+    saves, resumes = STOP_SAVED.findall(history), RESUMED.findall(history)
+    stops = [line for line in history.splitlines() if "stopping after this step" in line]
+    assert len(stops) == len(jobs) - 1 and len(resumes) == len(jobs) - 1, history
+    # each job continued at the batch the previous one saved, and the first saved right after the scancel
+    assert [save[1:] for save in saves[-len(resumes):]] == [resume[1:] for resume in resumes], history
+    first_save = datetime.fromisoformat(saves[0][0])
+    assert 0 <= (first_save - by_hand["at"].replace(microsecond=0)).total_seconds() <= 10, (by_hand, history)
+    for stop, save, resume in zip(stops, saves, resumes):
+        stopped = datetime.fromisoformat(stop.split()[0])
+        report(f"  stop at {stop.split()[0]}: saved batch {save[1]} of epoch {save[2]} "
+               f"{(datetime.fromisoformat(save[0]) - stopped).total_seconds():.0f} s later (work lost: none, the "
+               f"step finished); next job resumed {(datetime.fromisoformat(resume[0]) - stopped).total_seconds():.0f}"
+               " s after the stop")
+
+    for column in ("train_loss", "val_cider"):
+        assert [float(r[column]) for r in csv_rows(chunked / TRAINED / "metrics.csv")] == pytest.approx(
+            [float(r[column]) for r in csv_rows(local / TRAINED / "metrics.csv")], rel=1e-6), column
+    chunked_weights = torch.load(chunked / TRAINED / "checkpoint.pt", map_location="cpu", weights_only=False)
+    local_weights = torch.load(local / TRAINED / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert chunked_weights["epoch"] == local_weights["epoch"]
+    for key, value in local_weights["state_dict"].items():
+        assert torch.allclose(chunked_weights["state_dict"][key], value, rtol=1e-5, atol=1e-7), key
+
+
+def csv_rows(path: Path) -> list[dict]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))

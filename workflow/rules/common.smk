@@ -158,7 +158,9 @@ def train_launcher(model):
             f"{model}: {key} {batch} is the global batch and must be divisible by the {gpus} GPUs "
             "of train.gpus_per_job"
         )
-    return f"torchrun --standalone --nproc-per-node {gpus} -m"
+    # torchrun whose agent leaves SIGTERM/SIGUSR1 to the workers (captioner/training/launch.py); not part of the
+    # code fingerprint: how the processes start does not change what they compute
+    return f"python -m captioner.training.launch --standalone --nproc-per-node {gpus} -m"
 
 
 def parent_dir(name):

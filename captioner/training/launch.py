@@ -6,8 +6,9 @@ every process of the job, the workers included: each one finishes its step, rank
 with the trainer's EXIT_INTERRUPTED. Plain torchrun would (a) die of SIGUSR1, which it does not handle, ending the
 job before the workers have saved, and (b) answer SIGTERM by sending the workers a SIGTERM of its own: a second
 signal, on which the trainer exits at once. So here torchrun's agent ignores both signals and leaves the stopping
-to the workers; when every failed worker exited with EXIT_INTERRUPTED, so does the launcher (torchrun itself would
-report a plain failure), and the job's status says "interrupted, rerun to continue".
+to the workers. When a worker exited with EXIT_INTERRUPTED (it does so only once last.pt is on disk) and the others
+with that too or of the agent's clean-up signals, the launcher exits EXIT_INTERRUPTED as well (torchrun itself would
+report a plain failure): "interrupted, rerun to continue".
 """
 
 from __future__ import annotations

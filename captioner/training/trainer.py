@@ -231,7 +231,7 @@ class Trainer:
         if not resumed and self.ranks.is_main:
             (self.out_dir / HISTORY).unlink(missing_ok=True)  # another run's history
         job = os.environ.get("SLURM_JOB_ID")
-        where = f"{socket.gethostname()}" + (f", SLURM job {job}" if job else "")
+        where = socket.gethostname() + (f", SLURM job {job}" if job else "")
         self._log(f"{self.name.name}: {'resumed' if resumed else 'started'} on {where} "
                   f"({self.ranks.world_size} process{'es' if self.ranks.world_size > 1 else ''})")
 

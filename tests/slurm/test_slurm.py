@@ -188,13 +188,13 @@ RESUMED = re.compile(r"^(\S+) resuming sat_soft from \S+ after epoch \d+, batch 
 def train_job_ids(workdir: Path) -> list[str]:
     out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i|%k|%Z"], capture_output=True, text=True,
                          check=False).stdout
-    return [line.split("|")[0] for line in out.splitlines()
-            if line.count("|") == 2 and line.split("|")[1].startswith("rule_train")
-            and Path(line.split("|")[2]).resolve() == workdir.resolve()]
+    rows = [line.split("|") for line in out.splitlines() if line.count("|") == 2]
+    return [job for job, comment, folder in rows
+            if comment.startswith("rule_train") and Path(folder).resolve() == workdir.resolve()]
 
 
 def test_training_longer_than_its_time_limit_finishes_in_chunks_like_a_local_run(cluster, finished_run, tmp_path):
-    """The real profile with a 1-minute limit for training jobs against ~90 s of training: every job gets the
+    """The real profile with a 1-minute limit for training jobs against ~55 s of training: every job gets the
     profile's SIGUSR1 warning (20 s before the limit here), writes last.pt mid-epoch and exits 75; Snakemake
     resubmits it (preemptible-retries) and the next job resumes at that batch. The first job is also stopped by hand
     with `scancel --signal=USR1`. The chunks end with the losses and weights of an uninterrupted local run."""

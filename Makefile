@@ -6,6 +6,8 @@ VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
+# the `gpu` resource: the GPUs here, or with none one per core (the jobs then run side by side on the CPU)
+GPUS ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); [ "$$n" -gt 0 ] && echo $$n || nproc)
 PYTEST_ARGS ?=
 
 # jobs run `python -m captioner ...`: make sure that is the virtual environment's python
@@ -14,7 +16,8 @@ export PATH := $(BIN):$(PATH)
 .PHONY: demo test setup check-java lint clean-demo
 
 demo: setup check-java
-	snakemake --cores $(CORES) --resources gpu=1
+	@python -m captioner estimate --cores $(if $(filter all,$(CORES)),$(shell nproc),$(CORES)) || true
+	snakemake --cores $(CORES) --resources gpu=$(GPUS)
 	snakemake --report results/demo/report.html
 
 test: setup check-java lint

@@ -37,6 +37,9 @@ if NOCAPS_ON:
     include: "workflow/rules/nocaps.smk"
 
 
+include: "workflow/rules/costs.smk"
+
+
 rule all:
     input:
         TABLES,
@@ -44,3 +47,4 @@ rule all:
         attention_outputs(),
         extra_split_scores(),
         nocaps_outputs(),
+        COSTS,

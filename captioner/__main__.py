@@ -8,6 +8,8 @@ from pipeline.cli import main as run_commands
 
 COMMANDS = {
     "download": ("captioner.data.download", "fetch one file with resume, size and SHA-256 checks"),
+    "torchvision-weights": ("captioner.data.torchvision_weights", "fetch torchvision's weights of a backbone "
+                                                                  "(torch.hub's hash check)"),
     "unpack": ("captioner.data.unpack", "unpack one folder or file of a zip atomically, checking its file count"),
     "demo-data": ("captioner.data.demo", "generate the embedded shapes dataset (Karpathy format)"),
     "demo-nocaps": ("captioner.data.demo_nocaps",
@@ -24,6 +26,8 @@ COMMANDS = {
     "nocaps-tables": ("captioner.evaluation.nocaps_tables", "the nocaps table from the per-domain score files"),
     "significance": ("captioner.evaluation.significance", "paired tests between models (approximate randomisation)"),
     "tables": ("captioner.evaluation.tables", "results tables from score files"),
+    "costs": ("captioner.evaluation.costs", "what each stage and model cost, from the jobs' benchmark files"),
+    "estimate": ("captioner.apps.estimate", "roughly how long make demo takes on this machine (two short probes)"),
     "caption": ("captioner.apps.caption", "caption your own images with a trained checkpoint"),
     "import-m2": ("captioner.apps.import_m2", "convert the M² authors' checkpoint + vocab.pkl into our checkpoint"),
 }

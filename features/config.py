@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pipeline.config import defaults
 from pipeline.errors import InputError
 
+STAGES = ("layer3", "layer4")  # where a trunk stops: res4 (stride 16) or res5 (stride 32)
+REGION_HEADS = ("res5", "pool")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 GRID = defaults("features", "grid")  # the config schema holds every default
 REGIONS = defaults("features", "regions")
@@ -23,6 +25,8 @@ class ExtractorConfig:
     weights: str = "none"  # none (random init) | a torchvision weights name (e.g. IMAGENET1K_V2) | a checkpoint path
     image_size: int = GRID["image_size"]  # grid: square input side
     grid_size: int = GRID["grid_size"]
+    stage: str = GRID["stage"]  # grid: the trunk's last stage
+    head: str = REGIONS["head"]  # given boxes: res5 on 14x14 RoIs (C4), or pool: RoIAlign on res4, averaged
     min_size: int = REGIONS["min_size"]  # regions: shorter side
     max_size: int = REGIONS["max_size"]  # regions: longer side cap
     max_boxes: int = REGIONS["max_boxes"]
@@ -44,6 +48,10 @@ class ExtractorConfig:
             raise InputError(f"boxes must be given or detector, not {self.boxes!r}")
         if self.precision not in ("fp32", "bf16"):
             raise InputError(f"precision must be fp32 or bf16, not {self.precision!r}")
+        if self.stage not in STAGES:
+            raise InputError(f"stage must be one of {STAGES}, not {self.stage!r}")
+        if self.head not in REGION_HEADS:
+            raise InputError(f"head must be one of {REGION_HEADS}, not {self.head!r}")
         if self.backbone not in BACKBONES:
             raise InputError(f"backbone must be one of {BACKBONES}, not {self.backbone!r}")
 

@@ -169,6 +169,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=config["weights"])
     parser.add_argument("--image-size", type=int, default=config["image_size"])
     parser.add_argument("--grid-size", type=int, default=config["grid_size"])
+    parser.add_argument("--stage", choices=["layer3", "layer4"], default=config["stage"],
+                        help="grid: the trunk's last stage (layer3 = res4, stride 16)")
+    parser.add_argument("--head", choices=["res5", "pool"], default=config["head"],
+                        help="regions from given boxes: res5 on 14x14 RoIs, or res4 averaged over the box")
     parser.add_argument("--min-size", type=int, default=config["min_size"])
     parser.add_argument("--max-size", type=int, default=config["max_size"])
     parser.add_argument("--max-boxes", type=int, default=config["max_boxes"])
@@ -205,8 +209,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> None:
     torch.set_num_threads(args.threads)
     config = ExtractorConfig(kind=args.kind, backbone=args.backbone, weights=args.weights,
-                             image_size=args.image_size, grid_size=args.grid_size, min_size=args.min_size,
-                             max_size=args.max_size, max_boxes=args.max_boxes, seed=args.seed,
+                             image_size=args.image_size, grid_size=args.grid_size, stage=args.stage, head=args.head,
+                             min_size=args.min_size, max_size=args.max_size, max_boxes=args.max_boxes, seed=args.seed,
                              boxes=args.box_source, min_boxes=args.min_boxes, conf_thresh=args.conf_thresh,
                              nms_thresh=args.nms_thresh, pre_nms_top_n=args.pre_nms_top_n,
                              post_nms_top_n=args.post_nms_top_n, backend=args.backend, precision=args.precision,

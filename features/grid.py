@@ -1,5 +1,5 @@
-"""Grid features (Show, Attend and Tell): a torchvision ResNet trunk up to res5 on a square resize, adaptively
-pooled to a ``grid_size`` x ``grid_size`` grid (448 px -> 14x14 natively for ResNet-101)."""
+"""Grid features (Show, Attend and Tell): a torchvision ResNet trunk up to res5 (or res4) on a square resize,
+adaptively pooled to a ``grid_size`` x ``grid_size`` grid (448 px -> 14x14 natively for ResNet-101 at res5)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from features.backbones import build_resnet, to_device, trunk
+from features.backbones import build_resnet, stage_channels, to_device, trunk
 from features.config import ExtractorConfig
 from features.images import normalize, to_uint8_tensor
 
 
 class GridExtractor(torch.nn.Module):
-    def __init__(self, resnet: torch.nn.Module, image_size: int, grid_size: int):
+    def __init__(self, resnet: torch.nn.Module, image_size: int, grid_size: int, stage: str = "layer4"):
         super().__init__()
-        self.trunk = trunk(resnet, "layer4")
+        self.trunk = trunk(resnet, stage)
         self.image_size, self.grid_size = image_size, grid_size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -30,11 +30,11 @@ class Grid:
 
     def __init__(self, config: ExtractorConfig, device: torch.device):
         resnet, self.weights_record = build_resnet(config.backbone, config.weights, config.seed)
-        self.model = GridExtractor(resnet, config.image_size, config.grid_size).to(device).eval()
+        self.model = GridExtractor(resnet, config.image_size, config.grid_size, config.stage).to(device).eval()
         if device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.config, self.device = config, device
-        self.rows, self.feature_dim = config.grid_size ** 2, resnet.fc.in_features
+        self.rows, self.feature_dim = config.grid_size ** 2, stage_channels(resnet, config.stage)
 
     def load(self, image: Image.Image, key) -> dict:
         size = self.config.image_size

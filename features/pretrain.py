@@ -24,17 +24,15 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
-from features.backbones import pick_device, trunk
+from features.backbones import STAGE_STRIDES, pick_device, stage_channels, trunk
 from features.boxes import load_given_boxes
 from features.images import ImageError, load_rgb, to_tensor
 from pipeline.atomic import atomic_path, write_json
 from pipeline.config import defaults
 from pipeline.errors import InputError
 from pipeline.manifest import ManifestImage, read_manifest
-
-STRIDE = 32  # of a torchvision ResNet's last stage
-
 
 class PretrainError(InputError):
     """The boxes or images cannot train the trunk."""
@@ -57,6 +55,7 @@ DEFAULTS = defaults("features", "pretrain")  # the config schema holds every def
 @dataclass
 class PretrainConfig:
     backbone: str = DEFAULTS["backbone"]
+    stage: str = DEFAULTS["stage"]  # the last stage trained (layer3: stride 16, for res4 grids and pooled regions)
     image_size: int = DEFAULTS["image_size"]
     epochs: int = DEFAULTS["epochs"]
     batch_size: int = DEFAULTS["batch_size"]
@@ -70,12 +69,19 @@ class PretrainConfig:
     num_workers: int = 0
 
     def __post_init__(self):
-        if self.image_size % STRIDE:
-            raise InputError(f"image_size must be a multiple of {STRIDE}, not {self.image_size}")
+        if self.stage not in STAGE_STRIDES:
+            raise InputError(f"stage must be one of {sorted(STAGE_STRIDES)}, not {self.stage!r}")
+        if self.image_size % self.stride:
+            raise InputError(f"image_size must be a multiple of {self.stride} (the {self.stage} stride), "
+                             f"not {self.image_size}")
         if min(self.epochs, self.batch_size) < 1 or self.lr <= 0 or not 0 <= self.background_weight <= 1:
             raise InputError("epochs and batch_size >= 1, lr > 0, 0 <= background_weight <= 1")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise InputError(f"precision must be auto, bf16 or fp32, not {self.precision!r}")
+
+    @property
+    def stride(self) -> int:
+        return STAGE_STRIDES[self.stage]
 
 
 def cell_targets(boxes: np.ndarray, labels: list[int], width: int, height: int, cells: int) -> np.ndarray:
@@ -91,8 +97,9 @@ def cell_targets(boxes: np.ndarray, labels: list[int], width: int, height: int, 
 
 
 class _BoxLabelDataset(Dataset):
-    def __init__(self, items: list[tuple[Path, np.ndarray, list[int]]], image_size: int, flip: bool, seed: int):
-        self.items, self.image_size, self.flip = items, image_size, flip
+    def __init__(self, items: list[tuple[Path, np.ndarray, list[int]]], image_size: int, stride: int, flip: bool,
+                 seed: int):
+        self.items, self.image_size, self.stride, self.flip = items, image_size, stride, flip
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -105,7 +112,7 @@ class _BoxLabelDataset(Dataset):
         except ImageError as error:
             raise PretrainError(str(error)) from None
         width, height = image.size
-        target = cell_targets(boxes, labels, width, height, self.image_size // STRIDE)
+        target = cell_targets(boxes, labels, width, height, self.image_size // self.stride)
         tensor = to_tensor(image.resize((self.image_size, self.image_size), resample=2))
         if self.flip and self.rng.random() < 0.5:
             tensor, target = tensor.flip(-1), target[:, ::-1].copy()
@@ -136,10 +143,10 @@ def _items(images: list[ManifestImage], image_root: Path, given: dict, boxes: di
 
 
 class _CellClassifier(torch.nn.Module):
-    def __init__(self, resnet: torch.nn.Module, classes: int):
+    def __init__(self, resnet: torch.nn.Module, classes: int, stage: str):
         super().__init__()
-        self.trunk = trunk(resnet, "layer4")
-        self.head = torch.nn.Conv2d(resnet.fc.in_features, classes, kernel_size=1)
+        self.trunk = trunk(resnet, stage)
+        self.head = torch.nn.Conv2d(stage_channels(resnet, stage), classes, kernel_size=1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk(images))
@@ -175,7 +182,7 @@ def pretrain(manifest: str | Path, image_root: str | Path, boxes_json: str | Pat
         raise PretrainError(f"{manifest}: no training images")
     torch.manual_seed(config.seed)
     resnet = getattr(torchvision.models, config.backbone)(weights=None)
-    model = _CellClassifier(resnet, len(label_ids) + 1).to(device)
+    model = _CellClassifier(resnet, len(label_ids) + 1, config.stage).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * math.ceil(len(train_items) / config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.2)
@@ -187,16 +194,17 @@ def pretrain(manifest: str | Path, image_root: str | Path, boxes_json: str | Pat
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     generator = torch.Generator().manual_seed(config.seed)
-    train_loader = DataLoader(_BoxLabelDataset(train_items, config.image_size, True, config.seed),
+    train_loader = DataLoader(_BoxLabelDataset(train_items, config.image_size, config.stride, True, config.seed),
                               batch_size=config.batch_size, shuffle=True, generator=generator,
                               num_workers=config.num_workers)
-    val_loader = DataLoader(_BoxLabelDataset(val_items, config.image_size, False, config.seed),
+    val_loader = DataLoader(_BoxLabelDataset(val_items, config.image_size, config.stride, False, config.seed),
                             batch_size=config.batch_size, num_workers=config.num_workers) if val_items else None
     history = []
     for epoch in range(1, config.epochs + 1):
         model.train()
         start, total, batches = time.perf_counter(), 0.0, 0
-        for images, targets in train_loader:
+        for images, targets in tqdm(train_loader, desc=f"backbone epoch {epoch}/{config.epochs}", unit="batch",
+                                    file=sys.stderr, mininterval=10, leave=False):
             with autocast():
                 logits = model(images.to(device))
             loss = F.cross_entropy(logits.float(), targets.to(device), weight=weights)
@@ -211,8 +219,11 @@ def pretrain(manifest: str | Path, image_root: str | Path, boxes_json: str | Pat
         if val_loader is not None:
             row["val_object_cell_accuracy"] = _cell_accuracy(model, val_loader, device, autocast)
         history.append(row)
-        log(f"backbone epoch {epoch}: loss {row['loss']:.3f}, val object-cell accuracy "
-            f"{row.get('val_object_cell_accuracy', float('nan')):.3f} ({row['seconds']:.0f} s)")
+        left = (config.epochs - epoch) * (time.perf_counter() - start)  # this epoch's pace, validation included
+        log(f"backbone epoch {epoch}/{config.epochs}: loss {row['loss']:.3f}, val object-cell accuracy "
+            f"{row.get('val_object_cell_accuracy', float('nan')):.3f} ({row['seconds']:.0f} s"
+            + (f"; ~{left / 60:.1f} min more)" if epoch < config.epochs else ")"))
+    # the stages after config.stage stay at their random init: the extractors refuse to use them (see the workflow)
     state = {k: v.detach().cpu() for k, v in resnet.state_dict().items() if not k.startswith("fc.")}
     out = Path(out)
     with atomic_path(out) as tmp:
@@ -230,6 +241,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the trunk's state_dict (.pt)")
     parser.add_argument("--report", help="the JSON report (default: beside --out, .json)")
     parser.add_argument("--backbone", default=DEFAULTS["backbone"])
+    parser.add_argument("--stage", choices=sorted(STAGE_STRIDES), default=DEFAULTS["stage"])
     parser.add_argument("--image-size", type=int, default=DEFAULTS["image_size"])
     parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
     parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
@@ -242,7 +254,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> None:
-    config = PretrainConfig(backbone=args.backbone, image_size=args.image_size, epochs=args.epochs,
+    config = PretrainConfig(backbone=args.backbone, stage=args.stage, image_size=args.image_size, epochs=args.epochs,
                             batch_size=args.batch_size, lr=args.lr, seed=args.seed, precision=args.precision,
                             device=args.device, threads=args.threads, num_workers=args.num_workers)
     report = pretrain(args.manifest, args.image_root, args.boxes, args.out, config, report_path=args.report,

@@ -54,14 +54,3 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:
     write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
-
-
-def save_torch(path: str | os.PathLike, obj: Any) -> None:
-    import torch
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-

@@ -92,7 +92,7 @@ def test_two_processes_train_like_one_on_the_same_global_batches(caption_set, re
     assert [row["epoch"] for row in metric_rows(out)] == ["1", "2", "3"]
     assert sorted(p.name for p in out.iterdir()) == OUTPUTS
     for epoch in (1, 2, 3):
-        assert result.stderr.count(f"{model} epoch {epoch}:") == 1, result.stderr[-3000:]
+        assert result.stderr.count(f"{model} epoch {epoch}/3:") == 1, result.stderr[-3000:]
 
     checkpoint = load_checkpoint(out / "checkpoint.pt")
     assert not [key for key in checkpoint["state_dict"] if key.startswith("module.")]

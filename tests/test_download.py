@@ -208,7 +208,7 @@ def test_many_files_are_fetched_with_bounded_concurrency_and_a_list_of_failures(
 
 
 def test_torch_hub_style_weights_are_checked_by_the_digest_prefix_in_their_name(server, tmp_path):
-    from pipeline.download import fetch_hub_file
+    from pipeline.hub_download import fetch_hub_file
 
     prefix = sha(PAYLOAD)[:8]
     server.files[f"tiny-{prefix}.pth"] = PAYLOAD

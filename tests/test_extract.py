@@ -55,6 +55,32 @@ def test_grid_and_given_box_shapes(demo, tmp_path):
     assert (data["image_hw"] == 256).all()
 
 
+def test_res4_grids_and_pooled_regions_have_res4_width(demo, tmp_path):
+    run(demo, tmp_path / "grid.h5", {**GRID, "stage": "layer3"})
+    assert FeatureStore(tmp_path / "grid.h5").shape == (16, 4, 256)
+    run(demo, tmp_path / "regions.h5", {**REGIONS, "head": "pool"})
+    regions = FeatureStore(tmp_path / "regions.h5")
+    assert regions.gather(regions.image_ids[:1])["features"].shape == (1, 2, 256)
+
+
+def test_the_pooled_head_averages_res4_over_the_box():
+    import torch
+    import torchvision
+
+    from features.regions import RegionExtractor
+
+    head = RegionExtractor(torchvision.models.resnet18(weights=None), head="pool")
+    # stand-in trunk: a stride-16 map whose channels are the x and y of each cell centre in image pixels, linear in
+    # both, so the mean of bilinear samples over a box is the value at the box's centre
+    ys, xs = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    field = torch.stack([(xs + 0.5) * 16, (ys + 0.5) * 16])[None]
+    head.trunk = torch.nn.Sequential(torch.nn.Identity())
+    boxes = torch.tensor([[16.0, 32.0, 48.0, 96.0], [40.0, 8.0, 104.0, 40.0]])
+    vectors = head(field, [boxes])[0]
+    centres = torch.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], dim=1)
+    torch.testing.assert_close(vectors, centres)
+
+
 def test_shards_merged_equal_single_job(demo, tmp_path):
     run(demo, tmp_path / "single.h5", REGIONS, batch_size=1)
     shards = []

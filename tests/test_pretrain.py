@@ -86,9 +86,9 @@ def test_boxes_without_labels_are_a_clear_error(tmp_path):
 def test_weights_pretrain_adds_one_job_before_extraction_and_reruns_when_its_settings_change(tmp_path):
     workdir = copy_workflow(tmp_path / "project")
 
-    def use_pretrain(config):
-        config["features"]["grid"]["weights"] = "pretrain"
-        config["features"]["pretrain"] = {"image_size": 64, "epochs": 1, "batch_size": 16}
+    def use_pretrain(config):  # the demo's recipe: trained to res4, grid cells from res4
+        config["features"]["grid"].update(weights="pretrain", stage="layer3")
+        config["features"]["pretrain"] = {"stage": "layer3", "image_size": 64, "epochs": 1, "batch_size": 16}
 
     edit_config(workdir, use_pretrain)
     grid = "results/tiny/features/grid.h5"
@@ -98,6 +98,24 @@ def test_weights_pretrain_adds_one_job_before_extraction_and_reruns_when_its_set
     meta = FeatureStore(workdir / grid).meta
     assert json.dumps(meta).count(str(Path("results/tiny/features/backbone.pt"))) >= 1
     assert sha256_of(trunk) in json.dumps(meta)
+    assert FeatureStore(workdir / grid).feature_dim == 256  # ResNet-18's res4
+    assert json.loads(trunk.with_suffix(".json").read_text())["config"]["stage"] == "layer3"
     assert planned_jobs(workdir, grid) == Counter()
     edit_config(workdir, lambda c: c["features"]["pretrain"].__setitem__("epochs", 2))
     assert planned_jobs(workdir, grid) == Counter(pretrain_backbone=1, extract_features=1)
+
+
+@pytest.mark.parametrize("features", [{"grid": {"stage": "layer4"}}, {"regions": {"weights": "pretrain", "head": "res5"}}])
+def test_a_stage_past_the_pretrained_one_is_refused_while_planning(tmp_path, features):
+    workdir = copy_workflow(tmp_path / "project")
+
+    def edit(config):
+        config["features"]["grid"].update(weights="pretrain", stage="layer3")
+        config["features"]["pretrain"] = {"stage": "layer3", "image_size": 64}
+        for kind, keys in features.items():
+            config["features"][kind].update(keys)
+
+    edit_config(workdir, edit)
+    result = snakemake(workdir, "-n", check=False)
+    assert result.returncode != 0
+    assert "runs past features.pretrain.stage (layer3), whose later stages are untrained" in result.stdout + result.stderr

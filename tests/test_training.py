@@ -187,3 +187,15 @@ def test_last_checkpoint_of_other_input_files_is_not_resumed(caption_set, tmp_pa
     assert "trained on other input files (features changed since); starting afresh" in err
     assert "resuming" not in err
     assert len(retrained) == 2 and retrained != first
+
+
+def test_the_curve_shows_scst_runs_by_their_mean_reward():
+    from captioner.training.trainer import training_series
+
+    xe = [{"epoch": 1, "train_loss": 3.0, "val_cider": 1.0}, {"epoch": 2, "train_loss": 2.0, "val_cider": 1.5}]
+    assert training_series(xe) == ("training loss", [1, 2], [3.0, 2.0])
+    scst = [{"epoch": 0, "val_cider": 2.5, "stage": "init"},  # the starting point: validated, never trained
+            {"epoch": 1, "train_loss": -0.004, "train_reward": 2.6, "val_cider": 2.6},
+            {"epoch": 2, "train_loss": -0.003, "train_reward": 2.7, "val_cider": 2.7}]
+    label, epochs, values = training_series(scst)
+    assert label.startswith("mean reward") and epochs == [1, 2] and values == [2.6, 2.7]

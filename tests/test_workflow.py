@@ -53,6 +53,16 @@ def test_full_run_writes_a_row_per_model(finished_run):
         assert pair in significance
     assert "approximate randomisation" in significance
     assert "CIDEr-D CI low" in (finished_run / RUN / "tables/scores.csv").read_text()
+    with open(finished_run / RUN / "tables/costs.csv") as handle:  # every job's benchmark file, summed
+        costs = {(row["table"], row["name"]): row for row in csv.DictReader(handle)}
+    stages = ("prepare_text", "extract_features grid", "extract_features regions", "train", "decode", "score")
+    assert {("stage", stage) for stage in stages} | {("model", model) for model in MODELS} <= set(costs)
+    assert int(costs["stage", "train"]["jobs"]) == len(MODELS) and int(costs["stage", "decode"]["jobs"]) == len(MODELS)
+    assert float(costs["stage", "train"]["gpu_hours"]) > 0 and float(costs["stage", "score"]["gpu_hours"]) == 0
+    assert float(costs["model", "sat_soft"]["wall_s"]) > float(costs["stage", "prepare_text"]["wall_s"])
+    with open(finished_run / RUN / "models/m2_scst/seed0/metrics.csv") as handle:  # the SCST curve's reward
+        scst = [row for row in csv.DictReader(handle) if row["stage"] == "scst"]
+    assert scst and all(0 <= float(row["train_reward"]) <= 10 for row in scst)  # CIDEr-D, 0-10 scale
 
 
 def test_second_run_does_nothing(run_copy):
@@ -71,7 +81,7 @@ def test_training_parameter_change_reruns_only_that_model(run_copy):
 
     edit_config(run_copy, lambda c: c["models"].__setitem__("sat_hard", {"lr": 0.002}))
     assert planned_jobs(run_copy) == Counter(train=1, attention_maps=1, decode=1, score=1, tables=1,
-                                             significance=1, all=1)
+                                             significance=1, costs=1, all=1)
     snakemake(run_copy)
     assert {path: path.stat().st_mtime_ns for path in untouched} == before
     assert retrained.stat().st_mtime_ns != retrained_before
@@ -82,7 +92,7 @@ def test_a_second_seed_adds_only_its_own_jobs_and_removing_it_reruns_only_the_ta
     before = first.stat().st_mtime_ns
     edit_config(run_copy, lambda c: c["models"].__setitem__("sat_soft", {"seeds": [0, 1]}))
     # sat_soft and its blind baseline (the same recipe) each get a seed-1 training, decode and score
-    assert planned_jobs(run_copy) == Counter(train=2, decode=2, score=2, tables=1, significance=1, all=1)
+    assert planned_jobs(run_copy) == Counter(train=2, decode=2, score=2, tables=1, significance=1, costs=1, all=1)
     snakemake(run_copy)
     assert first.stat().st_mtime_ns == before and (run_copy / RUN / "models/sat_soft/seed1/checkpoint.pt").exists()
     with open(run_copy / RUN / "tables/scores.csv") as handle:
@@ -96,7 +106,7 @@ def test_a_second_seed_adds_only_its_own_jobs_and_removing_it_reruns_only_the_ta
     assert low <= min(seeds) <= max(seeds) <= high or low <= sum(seeds) / 2 <= high
     assert "seeds 2 vs 2, averaged" in (run_copy / RUN / "tables/significance.md").read_text()
     edit_config(run_copy, lambda c: c["models"].__setitem__("sat_soft", {"seeds": [0]}))
-    assert planned_jobs(run_copy) == Counter(tables=1, significance=1, all=1)
+    assert planned_jobs(run_copy) == Counter(tables=1, significance=1, costs=1, all=1)
 
 
 def test_feature_parameter_change_reruns_extraction_and_everything_after(run_copy):
@@ -105,7 +115,7 @@ def test_feature_parameter_change_reruns_extraction_and_everything_after(run_cop
     sighted = sum(m.startswith("sat") and not m.endswith("blind") for m in MODELS)
     assert planned_jobs(run_copy) == Counter(extract_features=1, train=sat_models, attention_maps=sighted,
                                              decode=sat_models, score=sat_models, tables=1, significance=1,
-                                             all=1)
+                                             costs=1, all=1)
 
 
 SAT = [m for m in MODELS if m.startswith("sat")]
@@ -114,23 +124,23 @@ M2 = [m for m in MODELS if m.startswith("m2")]
 
 def after_training(models) -> Counter:
     """The jobs that retraining ``models`` plans: their training, decoding, scoring, attention figures, tables."""
-    jobs = Counter(train=len(models), decode=len(models), score=len(models), tables=1, significance=1, all=1)
+    jobs = Counter(train=len(models), decode=len(models), score=len(models), tables=1, significance=1, costs=1, all=1)
     jobs["attention_maps"] = sum(m.startswith("sat") and not m.endswith("blind") for m in models)
     return +jobs
 
 
 # the rerun matrix: a code edit of one module -> exactly the jobs that run it (and what depends on their outputs)
 RERUN_MATRIX = {
-    "decode command": ("captioner/evaluation/decode.py", Counter(decode=5, score=5, tables=1, significance=1, all=1)),
-    "scorer": ("captioner/evaluation/scoring.py", Counter(score=5, tables=1, significance=1, all=1)),
-    "statistics": ("captioner/evaluation/statistics.py", Counter(score=5, tables=1, significance=1, all=1)),
-    "tables": ("captioner/evaluation/tables.py", Counter(tables=1, significance=1, all=1)),  # significance imports it
-    "significance": ("captioner/evaluation/significance.py", Counter(significance=1, all=1)),
+    "decode command": ("captioner/evaluation/decode.py", Counter(decode=5, score=5, tables=1, significance=1, costs=1, all=1)),
+    "scorer": ("captioner/evaluation/scoring.py", Counter(score=5, tables=1, significance=1, costs=1, all=1)),
+    "statistics": ("captioner/evaluation/statistics.py", Counter(score=5, tables=1, significance=1, costs=1, all=1)),
+    "tables": ("captioner/evaluation/tables.py", Counter(tables=1, significance=1, costs=1, all=1)),  # significance imports it
+    "significance": ("captioner/evaluation/significance.py", Counter(significance=1, costs=1, all=1)),
     "region detector": ("features/detector.py", Counter()),  # the tiny run pools given boxes: no job runs it
     "given-box regions": ("features/regions.py", Counter(extract_features=1) + after_training(M2)),
     "grid extractor": ("features/grid.py", Counter(extract_features=1) + after_training(SAT)),
     "beam search": ("captioner/models/beam_search.py", Counter(train=1, decode=5, score=5, attention_maps=2, tables=1,
-                                                               significance=1, all=1)),  # train: m2_scst samples
+                                                               significance=1, costs=1, all=1)),  # train: m2_scst samples
     "M2 model file": ("captioner/models/m2.py", after_training(M2)),
     "SAT model file": ("captioner/models/sat.py", after_training(SAT)),
     "store reader": ("features/store/reader.py", after_training(MODELS)),
@@ -243,7 +253,7 @@ def test_samples_and_report(run_copy):
     assert all(f"`{m}`" in samples for m in MODELS) and "*reference*" in samples
     snakemake(run_copy, "--report", "report.html")
     report = (run_copy / "report.html").read_text(errors="replace")
-    assert len(report) > 10_000 and "scores" in report and "attention" in report.lower()
+    assert len(report) > 10_000 and "scores" in report and "attention" in report.lower() and "costs.md" in report
 
 
 def test_caption_cli_on_a_demo_image(finished_run, tmp_path):

@@ -24,9 +24,8 @@ from pathlib import Path
 import torch
 
 from captioner.data.vocab import SPECIALS
-from captioner.models.checkpoint import CHECKPOINT_FORMAT
+from captioner.models.checkpoint import CHECKPOINT_FORMAT, save_torch
 from captioner.models.m2 import M2Config, MeshedMemoryTransformer
-from pipeline.atomic import save_torch
 from pipeline.errors import InputError
 
 REFERENCE_SPECIALS = ("<unk>", "<pad>", "<bos>", "<eos>")

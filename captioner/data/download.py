@@ -1,18 +1,16 @@
 """``python -m captioner download``: fetch one file, resuming an interrupted transfer, and verify it
-(:mod:`pipeline.download`). With ``--lock`` and no ``--sha256`` the file is pinned on first download;
-``--torchvision BACKBONE:WEIGHTS`` fetches torchvision's weights with torch.hub's own hash check."""
+(:mod:`pipeline.download`). With ``--lock`` and no ``--sha256`` the file is pinned on first download.
+torchvision's weights: ``python -m captioner torchvision-weights`` (it needs torch)."""
 
 from __future__ import annotations
 
 import argparse
 
-from pipeline.download import fetch, fetch_pinned, fetch_torchvision_weights
+from pipeline.download import fetch, fetch_pinned
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--url")
-    source.add_argument("--torchvision", metavar="BACKBONE:WEIGHTS", help="e.g. resnet101:IMAGENET1K_V1")
+    parser.add_argument("--url", required=True)
     parser.add_argument("--out", required=True, help="final path (the transfer goes to a hidden .NAME.part beside it)")
     parser.add_argument("--size", type=int, help="expected size in bytes")
     parser.add_argument("--sha256", help="expected SHA-256 (published)")
@@ -22,10 +20,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> None:
-    if args.torchvision:
-        backbone, _, name = args.torchvision.partition(":")
-        fetch_torchvision_weights(backbone, name, args.out, retries=args.retries)
-        return
     options = dict(size=args.size, retries=args.retries, extra_space=args.extra_space)
     if args.lock and not args.sha256:
         fetch_pinned(args.url, args.out, args.lock, **options)

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 import torch
+from tqdm import tqdm
 
 from captioner.data.vocab import load_captions
 from captioner.models.beam_search import beam_search, collapse_repeats
@@ -47,7 +48,8 @@ def run(args) -> None:
     ids = [item["image_id"] for item in images]
     store.check_ids(ids)
     predictions, beams = [], []
-    with torch.inference_mode():
+    with torch.inference_mode(), tqdm(total=len(ids), unit="img", desc=f"{bundle.name} {args.split} beam search",
+                                      file=sys.stderr, mininterval=10) as progress:
         for start in range(0, len(ids), args.batch_size):
             batch_ids = ids[start:start + args.batch_size]
             state, step = bundle.model.decoder(**bundle.inputs(store.gather(batch_ids)))
@@ -62,6 +64,7 @@ def run(args) -> None:
                 predictions.append({"image_id": int(image_id), "caption": caption})
                 beams.append({"image_id": int(image_id), "caption": caption,
                               "logprob": float(result.logprob[i, 0]), "score": float(result.scores[i, 0])})
+            progress.update(len(batch_ids))
     write_json(args.out, predictions)
     if args.beams_out:
         write_json(args.beams_out, {"model": bundle.name, "epoch": bundle.epoch, "beam_size": args.beam_size,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 
 from captioner.data.vocab import Vocabulary
 from captioner.models.registry import FAMILIES
+from pipeline.atomic import atomic_path
 from pipeline.errors import PipelineError
 
 CHECKPOINT_FORMAT = "captioner-checkpoint-v1"
@@ -126,3 +128,12 @@ def load_for_inference(path: str | Path, device) -> InferenceBundle:
         norm=norm, blind=checkpoint["blind"], epoch=checkpoint["epoch"],
         collapse_repeats=bool(checkpoint["hparams"].get("collapse_repeats", False)), device=torch.device(device),
         checkpoint=checkpoint)
+
+
+def save_torch(path: str | Path, obj) -> None:
+    """``torch.save`` onto ``path`` atomically (temp file, fsync, rename)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from captioner.data.karpathy import tokenize
 from captioner.data.vocab import Vocabulary, load_captions
@@ -51,6 +52,7 @@ from captioner.models.checkpoint import (
     build_model,
     compute_feature_norm,
     load_checkpoint,
+    save_torch,
 )
 from captioner.models.greedy import greedy
 from captioner.models.registry import ModelName, objective_module
@@ -348,7 +350,11 @@ class Trainer:
         self.epoch_totals = None
         self.data.load_seconds = 0.0
         last_save = time.monotonic()
-        for index, batch in enumerate(self.objective.batches(generator)):
+        batches = list(self.objective.batches(generator))  # index lists: cheap, and their count gives the ETA
+        progress = tqdm(total=len(batches), initial=skip, unit="batch", file=sys.stderr, mininterval=10,
+                        desc=f"{self.name.name} training, epoch {self.epoch + 1}/{self.hp[self.objective.epochs_key]}",
+                        disable=not self.ranks.is_main)
+        for index, batch in enumerate(batches):
             if index < skip:  # done before the interruption: the same order, so the same batches
                 continue
             started = time.perf_counter()
@@ -367,6 +373,7 @@ class Trainer:
             for key, value in extra.items():
                 totals[key] = totals.get(key, 0.0) + value
             self.batches_done = index + 1
+            progress.update()
             due = self.checkpoint_seconds > 0 and time.monotonic() - last_save >= self.checkpoint_seconds
             stop, due = self._agree(self.stop_signal is not None, due)
             if stop or due:
@@ -379,7 +386,9 @@ class Trainer:
                     # as one exits, and a stop that came too early would lose the checkpoint
                     distributed.barrier()
                     self.saved_after_stop = True
+                    progress.close()
                     raise TrainingInterrupted(f"{self.stop_signal or 'a stop signal'} (on some rank)")
+        progress.close()
         self.batches_done = 0
         n = max(totals["batches"], 1)
         load_s = totals["load_s"] + self.data.load_seconds
@@ -442,18 +451,22 @@ class Trainer:
             if self.epoch - self.best["epoch"] >= patience and self.epoch > 0:
                 self._log(f"early stop: no val CIDEr-D gain for {patience} epochs")
                 break
+            epoch_started = time.monotonic()
             stats = self.train_epoch()
             self.epoch += 1
             val = self._validate_everywhere()
+            epoch_wall = time.monotonic() - epoch_started  # training and validation
             row = {"epoch": self.epoch, "step": self.step, **stats, **val, "stage": self.name.objective}
             self.history.append(row)
             improved = val["val_cider"] >= self.best["val_cider"]
             if improved:
                 self.best = {"val_cider": val["val_cider"], "epoch": self.epoch}
             self._save(best=improved)
-            self._log(f"{self.name.name} epoch {self.epoch}: loss {stats['train_loss']:.3f} val CIDEr-D "
-                      f"{val['val_cider']:.3f} ({stats['epoch_s']:.0f} s, loader {100 * stats['loader_share']:.0f}%) "
-                      f"e.g. {val['val_sample']!r}")
+            reward = f", mean reward {stats['train_reward']:.3f}" if "train_reward" in stats else ""
+            left = f"; at most ~{(epochs - self.epoch) * epoch_wall / 60:.1f} min more" if self.epoch < epochs else ""
+            self._log(f"{self.name.name} epoch {self.epoch}/{epochs}: loss {stats['train_loss']:.3f}{reward} val "
+                      f"CIDEr-D {val['val_cider']:.3f} ({stats['epoch_s']:.0f} s, loader "
+                      f"{100 * stats['loader_share']:.0f}%{left}) e.g. {val['val_sample']!r}")
         # rank 0's view: another rank could look before rank 0 has renamed its last save into place
         if distributed.broadcast_object(not self.outputs["checkpoint"].exists()):
             # Snakemake deletes a failed job's outputs (checkpoint.pt among them) before its retry resumes from
@@ -473,7 +486,7 @@ class Trainer:
         if not self.ranks.is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic.save_torch(self.out_dir / "last.pt", self._checkpoint(with_optimizer=True, rng_ranks=rng_ranks,
+        save_torch(self.out_dir / "last.pt", self._checkpoint(with_optimizer=True, rng_ranks=rng_ranks,
                                                                      position=position))
         if position is not None:
             self._log(f"{self.name.name}: saved {self.out_dir / 'last.pt'} at batch {position['batches_done']} of "
@@ -481,9 +494,18 @@ class Trainer:
             return
         if best:
             best_weights = self._checkpoint(with_optimizer=False)
-            atomic.save_torch(self.out_dir / BEST_COPY, best_weights)  # not a Snakemake output: survives a retry
-            atomic.save_torch(self.outputs["checkpoint"], best_weights)
+            save_torch(self.out_dir / BEST_COPY, best_weights)  # not a Snakemake output: survives a retry
+            save_torch(self.outputs["checkpoint"], best_weights)
         write_metrics(self.history, self.outputs["metrics"], self.outputs["curve"], self.name.name)
+
+
+def training_series(history: list[dict]) -> tuple[str, list[int], list[float]]:
+    """The curve's left axis: (label, epochs, values). SCST's loss sits near zero whatever happens (its baseline is
+    the beams' own mean reward), so an SCST run shows its mean reward instead."""
+    key, label = (("train_reward", "mean reward (CIDEr-D of the sampled beams)")
+                  if any("train_reward" in row for row in history) else ("train_loss", "training loss"))
+    rows = [row for row in history if key in row]
+    return label, [row["epoch"] for row in rows], [row[key] for row in rows]
 
 
 def write_metrics(history: list[dict], csv_path: Path, png_path: Path, title: str) -> None:
@@ -500,11 +522,14 @@ def write_metrics(history: list[dict], csv_path: Path, png_path: Path, title: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     fig, left = plt.subplots(figsize=(6, 3.5))
-    epochs = [r["epoch"] for r in history if "train_loss" in r]
-    left.plot(epochs, [r["train_loss"] for r in history if "train_loss" in r], "o-", color="tab:blue")
+    label, epochs, values = training_series(history)
+    left.plot(epochs, values, "o-", color="tab:blue")
     left.set_xlabel("epoch")
-    left.set_ylabel("training loss", color="tab:blue")
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
+    left.set_ylabel(label, color="tab:blue")
     right = left.twinx()
     right.plot([r["epoch"] for r in history], [r["val_cider"] for r in history], "s-", color="tab:red")
     right.set_ylabel("val CIDEr-D (greedy)", color="tab:red")

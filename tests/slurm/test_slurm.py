@@ -219,7 +219,7 @@ def test_training_longer_than_its_time_limit_finishes_in_chunks_like_a_local_run
         while time.time() < deadline:
             jobs = train_job_ids(chunked)
             text = history.read_text() if history.exists() else ""  # (the cloned run's history until the job starts)
-            if jobs and f"SLURM job {jobs[0]} " in text and "sat_soft epoch 1:" in text.split(f"SLURM job {jobs[0]} ")[1]:
+            if jobs and f"SLURM job {jobs[0]} " in text and "sat_soft epoch 1/" in text.split(f"SLURM job {jobs[0]} ")[1]:
                 subprocess.run(["scancel", "--signal=USR1", jobs[0]], check=True)
                 by_hand.update(job=jobs[0], at=datetime.now())
                 return

@@ -15,6 +15,8 @@ shell.prefix("export PYTHONPATH=" + str(PROJECT_ROOT) + "${{PYTHONPATH:+:$PYTHON
 
 RUN = f"results/{config['run']}"
 LOGS = f"{RUN}/logs"
+# one benchmark file per job (wall and CPU seconds, max RSS): rule costs sums them into tables/costs.md
+BENCHMARKS = f"{RUN}/benchmarks"
 DEMO = config["dataset"]["source"] == "demo"
 STORE_SUFFIX = {"hdf5": ".h5", "zarr": ".zarr"}[config["features"]["format"]]
 MODELS = list(config["models"])
@@ -146,6 +148,12 @@ def train_gpus(model):
     return gpus if isinstance(gpus, int) else gpus[family(model)]
 
 
+def train_priority(model):
+    """Longest first, so the last job to finish is not a long one started late: the sighted models (and m2_xe,
+    which m2_scst waits for) before the blind baselines, which early stopping ends sooner."""
+    return 1 if model_name(model).blind else 2
+
+
 def train_launcher(model):
     """What runs `captioner train`: plain Python, or torchrun with one process per GPU (data parallel)."""
     gpus = train_gpus(model)
@@ -190,6 +198,15 @@ def weights_path(kind):
             f"features.{kind}.weights is 'pretrain' but features.{kind}.backbone "
             f"({config['features'][kind]['backbone']}) differs from features.pretrain.backbone "
             f"({PRETRAIN['backbone']})"
+        )
+    uses = config["features"]["grid"]["stage"] if kind == "grid" else "layer4"
+    if kind == "regions" and config["features"]["regions"].get("head") == "pool":
+        uses = "layer3"
+    if uses > PRETRAIN["stage"]:  # layer3 < layer4: the stages after pretrain.stage keep random weights
+        what = f"features.grid.stage {uses}" if kind == "grid" else "features.regions.head res5 (layer4)"
+        raise ValueError(
+            f"features.{kind}.weights is 'pretrain' but {what} runs past features.pretrain.stage "
+            f"({PRETRAIN['stage']}), whose later stages are untrained"
         )
     if not BOXES_JSON:
         raise ValueError(
@@ -239,11 +256,11 @@ def extract_args(kind, image_root=IMAGE_ROOT, boxes_json=BOXES_JSON):
     if f["compression"] != "none":
         args += f" --compression {f['compression']}"
     if kind == "grid":
-        return args + f" --image-size {k['image_size']} --grid-size {k['grid_size']}"
+        return args + f" --image-size {k['image_size']} --grid-size {k['grid_size']} --stage {k['stage']}"
     args += f" --min-size {k['min_size']} --max-size {k['max_size']} --max-boxes {k['max_boxes']}"
     args += f" --precision {k['precision']}"
     if k["boxes"] == "given":
-        return args + f" --boxes {boxes_json}"
+        return args + f" --boxes {boxes_json} --head {k['head']}"
     keys = ("min_boxes", "conf_thresh", "nms_thresh", "pre_nms_top_n", "post_nms_top_n")
     detector = {key: k[key] for key in keys}  # defaults filled by the schema
     if k["backend"] == "detectron2":
@@ -408,3 +425,16 @@ def fetch_zip_command(source, zip_path):
 
 def drop_zip(zip_path):
     return "" if KEEP_ZIPS else f" && rm -f {zip_path}"
+
+
+def gpus_held():
+    """{rule: GPUs} of the rules holding a `gpu` resource; training: per model (train.gpus_per_job)."""
+    held = {}
+    for each in workflow.rules:
+        gpus = each.resources.get("gpu")  # a snakemake Resource; training's is a function (handled below)
+        if gpus is None or gpus.is_evaluable():
+            continue
+        if isinstance(gpus.value, int) and gpus.value > 0:
+            held[each.name] = gpus.value
+    held["train"] = {model: train_gpus(model) for model in MODELS}
+    return held

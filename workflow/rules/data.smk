@@ -12,6 +12,8 @@ if DEMO:
             images=directory(f"{RUN}/dataset/images"),
         log:
             f"{LOGS}/demo_data.log",
+        benchmark:
+            f"{BENCHMARKS}/demo_data.tsv"
         conda:
             "../../envs/data.yaml"
         params:
@@ -32,6 +34,8 @@ rule image_manifest:
         MANIFEST,
     log:
         f"{LOGS}/image_manifest.log",
+    benchmark:
+        f"{BENCHMARKS}/image_manifest.tsv"
     conda:
         "../../envs/data.yaml"
     params:
@@ -48,6 +52,8 @@ rule prepare_text:
         captions=f"{RUN}/text/captions.json",
     log:
         f"{LOGS}/prepare_text.log",
+    benchmark:
+        f"{BENCHMARKS}/prepare_text.tsv"
     conda:
         "../../envs/data.yaml"
     params:

@@ -16,6 +16,8 @@ rule coco_images:
         directory(f"{DATA_ROOT}/{{folder}}"),
     log:
         f"{DATA_ROOT}/logs/{{folder}}.log",
+    benchmark:
+        f"{BENCHMARKS}/download/{{folder}}.tsv"
     wildcard_constraints:
         folder="|".join(COCO_FOLDERS),
     conda:
@@ -36,6 +38,8 @@ rule karpathy_json:
         KARPATHY_JSON,
     log:
         f"{DATA_ROOT}/logs/karpathy_json.log",
+    benchmark:
+        f"{BENCHMARKS}/download/karpathy_json.tsv"
     conda:
         "../../envs/download.yaml"
     params:
@@ -53,13 +57,15 @@ rule torchvision_weights:
         f"{WEIGHTS_ROOT}/{{backbone}}-{{weights}}.pth",
     log:
         f"{WEIGHTS_ROOT}/logs/{{backbone}}-{{weights}}.log",
+    benchmark:
+        f"{BENCHMARKS}/download/{{backbone}}-{{weights}}.tsv"
     wildcard_constraints:
         backbone=r"resnet\d+",
         weights=r"[A-Z0-9_]+",
     conda:
         "../../envs/features.yaml"
     shell:
-        "python -m captioner download --torchvision {wildcards.backbone}:{wildcards.weights} --out {output}"
+        "python -m captioner torchvision-weights --weights {wildcards.backbone}:{wildcards.weights} --out {output}"
         " 2>&1 | tee {log} >&2"
 
 
@@ -74,6 +80,8 @@ if detector_weights_url():
             config["features"]["regions"]["weights"],
         log:
             f"{WEIGHTS_ROOT}/logs/detector_weights.log",
+        benchmark:
+            f"{BENCHMARKS}/download/detector_weights.tsv"
         conda:
             "../../envs/download.yaml"
         params:

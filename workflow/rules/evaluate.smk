@@ -13,6 +13,8 @@ rule decode:
         beams=f"{EVAL_DIR}/predictions_{{split}}_beams.json",
     log:
         f"{LOGS}/decode/{{model}}.seed{{seed}}.{{split}}.log",
+    benchmark:
+        f"{BENCHMARKS}/decode/{{model}}.seed{{seed}}.{{split}}.tsv"
     conda:
         "../../envs/train.yaml"
     threads: config["train"]["threads"]
@@ -42,6 +44,8 @@ rule score:
         f"{EVAL_DIR}/scores_{{split}}.json",
     log:
         f"{LOGS}/score/{{model}}.seed{{seed}}.{{split}}.log",
+    benchmark:
+        f"{BENCHMARKS}/score/{{model}}.seed{{seed}}.{{split}}.tsv"
     wildcard_constraints:
         split="val|test",  # nocaps is scored per domain (rule score_nocaps)
     conda:
@@ -69,6 +73,8 @@ rule attention_maps:
         ],
     log:
         f"{LOGS}/attention_maps/{{model}}.seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/attention_maps/{{model}}.seed{{seed}}.tsv"
     conda:
         "../../envs/train.yaml"
     threads: config["train"]["threads"]
@@ -111,6 +117,8 @@ rule tables:
         ),
     log:
         f"{LOGS}/tables.log",
+    benchmark:
+        f"{BENCHMARKS}/tables.tsv"
     conda:
         "../../envs/evaluate.yaml"
     params:
@@ -140,6 +148,8 @@ rule significance:
         json=f"{RUN}/tables/significance.json",
     log:
         f"{LOGS}/significance.log",
+    benchmark:
+        f"{BENCHMARKS}/significance.tsv"
     conda:
         "../../envs/evaluate.yaml"
     params:

@@ -21,6 +21,8 @@ rule pretrain_backbone:
         report=PRETRAINED_TRUNK.removesuffix(".pt") + ".json",
     log:
         f"{LOGS}/pretrain_backbone.log",
+    benchmark:
+        f"{BENCHMARKS}/pretrain_backbone.tsv"
     conda:
         "../../envs/features.yaml"
     threads: config["features"]["threads"]
@@ -43,6 +45,11 @@ rule extract_features:
         store_output("{kind}") if SHARDS == 1 else shard_path("{kind}", "{shard}"),
     log:
         f"{LOGS}/extract_features/{{kind}}.log" if SHARDS == 1 else f"{LOGS}/extract_features/{{kind}}.{{shard}}.log",
+    benchmark:
+        f"{BENCHMARKS}/extract_features/{{kind}}.tsv"
+        if SHARDS == 1
+        else f"{BENCHMARKS}/extract_features/{{kind}}.{{shard}}.tsv"
+    priority: 50  # every training job waits for the stores: before anything else that is ready
     conda:
         "../../envs/features.yaml"
     threads: config["features"]["threads"]
@@ -67,6 +74,8 @@ if SHARDS > 1:
             store_output("{kind}"),
         log:
             f"{LOGS}/merge_features/{{kind}}.log",
+        benchmark:
+            f"{BENCHMARKS}/merge_features/{{kind}}.tsv"
         conda:
             "../../envs/features.yaml"
         params:

@@ -14,6 +14,8 @@ if NOCAPS["source"] == "demo":
             images=directory(NOCAPS_IMAGE_ROOT),
         log:
             f"{LOGS}/demo_nocaps.log",
+        benchmark:
+            f"{BENCHMARKS}/demo_nocaps.tsv"
         conda:
             "../../envs/data.yaml"
         params:
@@ -38,6 +40,8 @@ if NOCAPS["source"] == "download":
             NOCAPS_JSON,
         log:
             f"{NOCAPS['root']}/logs/nocaps_{NOCAPS_SPLIT}_json.log",
+        benchmark:
+            f"{BENCHMARKS}/download/nocaps_{NOCAPS_SPLIT}_json.tsv"
         conda:
             "../../envs/download.yaml"
         params:
@@ -55,6 +59,8 @@ if NOCAPS["source"] == "download":
             directory(NOCAPS_IMAGE_ROOT),
         log:
             f"{NOCAPS['root']}/logs/nocaps_{NOCAPS_SPLIT}_images.log",
+        benchmark:
+            f"{BENCHMARKS}/download/nocaps_{NOCAPS_SPLIT}_images.tsv"
         conda:
             "../../envs/download.yaml"
         params:
@@ -75,6 +81,8 @@ rule prepare_nocaps:
         manifest=NOCAPS_MANIFEST,
     log:
         f"{LOGS}/prepare_nocaps.log",
+    benchmark:
+        f"{BENCHMARKS}/prepare_nocaps.tsv"
     conda:
         "../../envs/data.yaml"
     params:
@@ -95,6 +103,9 @@ use rule extract_features as extract_nocaps_features with:
         nocaps_store_output("{kind}"),
     log:
         f"{LOGS}/extract_features/nocaps_{{kind}}.log",
+    benchmark:
+        f"{BENCHMARKS}/extract_features/nocaps_{{kind}}.tsv"
+    priority: 0  # the training stores first: nothing trains on these
     params:
         args=lambda wc: extract_args(wc.kind, NOCAPS_IMAGE_ROOT, NOCAPS_BOXES_JSON),
         shard=0,
@@ -113,6 +124,8 @@ if NOCAPS_SPLIT == "val":
             f"{EVAL_DIR}/scores_nocaps.json",
         log:
             f"{LOGS}/score/{{model}}.seed{{seed}}.nocaps.log",
+        benchmark:
+            f"{BENCHMARKS}/score/{{model}}.seed{{seed}}.nocaps.tsv"
         conda:
             "../../envs/evaluate.yaml"
         params:
@@ -140,6 +153,8 @@ if NOCAPS_SPLIT == "val":
             ),
         log:
             f"{LOGS}/nocaps_tables.log",
+        benchmark:
+            f"{BENCHMARKS}/nocaps_tables.tsv"
         conda:
             "../../envs/evaluate.yaml"
         params:

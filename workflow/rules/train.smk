@@ -15,6 +15,9 @@ rule train:
         ),
     log:
         f"{LOGS}/train/{{model}}.seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/train/{{model}}.seed{{seed}}.tsv"
+    priority: lambda wc: train_priority(wc.model)
     conda:
         "../../envs/train.yaml"
     threads: config["train"]["threads"]

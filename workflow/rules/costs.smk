@@ -1,0 +1,40 @@
+# Last: what every job of the run cost (its benchmark file), per stage and per model, in GPU-hours where it holds GPUs.
+# (This rule has no benchmark file of its own: it reads the folder while it runs.)
+
+COSTS = [f"{RUN}/tables/costs.md", f"{RUN}/tables/costs.csv"]
+
+
+rule costs:
+    input:
+        # every other output of the run: all its jobs (and their benchmark files) are done
+        TABLES,
+        SIGNIFICANCE,
+        attention_outputs(),
+        extra_split_scores(),
+        nocaps_outputs(),
+    output:
+        md=report(
+            COSTS[0],
+            caption="../report/costs.rst",
+            category="Costs",
+            labels={"table": "costs"},
+        ),
+        csv=report(
+            COSTS[1],
+            caption="../report/costs.rst",
+            category="Costs",
+            labels={"table": "costs (CSV)"},
+        ),
+    log:
+        f"{LOGS}/costs.log",
+    conda:
+        "../../envs/evaluate.yaml"
+    params:
+        benchmarks=BENCHMARKS,
+        models=",".join(MODELS),
+        gpus=lambda wc: json_arg(gpus_held()),
+        title=f"Costs: {config['run']}",
+        code=code("captioner.evaluation.costs"),
+    shell:
+        "python -m captioner costs --benchmarks {params.benchmarks} --models {params.models}"
+        " --gpus {params.gpus:q} --out-md {output.md} --out-csv {output.csv} --title {params.title:q} 2> {log}"

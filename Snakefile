@@ -42,9 +42,5 @@ include: "workflow/rules/costs.smk"
 
 rule all:
     input:
-        TABLES,
-        SIGNIFICANCE,
-        attention_outputs(),
-        extra_split_scores(),
-        nocaps_outputs(),
+        RESULTS,
         COSTS,

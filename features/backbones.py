@@ -51,9 +51,6 @@ def trunk(resnet: torchvision.models.ResNet, last_stage: str = "layer4") -> torc
                                *(getattr(resnet, s) for s in stages[: stages.index(last_stage) + 1]))
 
 
-STAGE_STRIDES = {"layer3": 16, "layer4": 32}  # a torchvision ResNet's output stride after each stage
-
-
 def stage_channels(resnet: torchvision.models.ResNet, last_stage: str) -> int:
     """Channels of the trunk's output: the last stage's, halved per stage left off (256/512 for ResNet-18)."""
     return resnet.fc.in_features >> (4 - int(last_stage.removeprefix("layer")))

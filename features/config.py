@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pipeline.config import defaults
 from pipeline.errors import InputError
 
-STAGES = ("layer3", "layer4")  # where a trunk stops: res4 (stride 16) or res5 (stride 32)
+STAGE_STRIDES = {"layer3": 16, "layer4": 32}  # where a trunk stops (res4 | res5) and its output stride
+STAGES = tuple(STAGE_STRIDES)  # in order: a later stage runs every earlier one
 REGION_HEADS = ("res5", "pool")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 GRID = defaults("features", "grid")  # the config schema holds every default

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from features.backbones import pick_device
-from features.config import ExtractorConfig, extractor_module
+from features.config import REGION_HEADS, STAGES, ExtractorConfig, extractor_module
 from features.images import ImageError, load_rgb
 from features.store.writer import StoreWriter
 from pipeline.config import defaults
@@ -169,9 +169,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=config["weights"])
     parser.add_argument("--image-size", type=int, default=config["image_size"])
     parser.add_argument("--grid-size", type=int, default=config["grid_size"])
-    parser.add_argument("--stage", choices=["layer3", "layer4"], default=config["stage"],
+    parser.add_argument("--stage", choices=STAGES, default=config["stage"],
                         help="grid: the trunk's last stage (layer3 = res4, stride 16)")
-    parser.add_argument("--head", choices=["res5", "pool"], default=config["head"],
+    parser.add_argument("--head", choices=REGION_HEADS, default=config["head"],
                         help="regions from given boxes: res5 on 14x14 RoIs, or res4 averaged over the box")
     parser.add_argument("--min-size", type=int, default=config["min_size"])
     parser.add_argument("--max-size", type=int, default=config["max_size"])

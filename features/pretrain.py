@@ -26,8 +26,9 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from features.backbones import STAGE_STRIDES, pick_device, stage_channels, trunk
+from features.backbones import pick_device, stage_channels, trunk
 from features.boxes import load_given_boxes
+from features.config import STAGE_STRIDES, STAGES
 from features.images import ImageError, load_rgb, to_tensor
 from pipeline.atomic import atomic_path, write_json
 from pipeline.config import defaults
@@ -70,7 +71,7 @@ class PretrainConfig:
 
     def __post_init__(self):
         if self.stage not in STAGE_STRIDES:
-            raise InputError(f"stage must be one of {sorted(STAGE_STRIDES)}, not {self.stage!r}")
+            raise InputError(f"stage must be one of {STAGES}, not {self.stage!r}")
         if self.image_size % self.stride:
             raise InputError(f"image_size must be a multiple of {self.stride} (the {self.stage} stride), "
                              f"not {self.image_size}")
@@ -241,7 +242,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the trunk's state_dict (.pt)")
     parser.add_argument("--report", help="the JSON report (default: beside --out, .json)")
     parser.add_argument("--backbone", default=DEFAULTS["backbone"])
-    parser.add_argument("--stage", choices=sorted(STAGE_STRIDES), default=DEFAULTS["stage"])
+    parser.add_argument("--stage", choices=STAGES, default=DEFAULTS["stage"])
     parser.add_argument("--image-size", type=int, default=DEFAULTS["image_size"])
     parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
     parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])

@@ -17,6 +17,8 @@ import time
 
 import torch
 
+from features.backbones import trunk as backbone_trunk
+
 # the reference machine (2 cores, AVX2, fp32): probe seconds, and the demo's wall seconds by kind of work
 # (benchmarks/RESULTS.md: costs.md of `time make demo`, and this module's probes, on the same machine)
 REFERENCE_CONV_PROBE_S = 0.28
@@ -42,9 +44,7 @@ def conv_probe(threads: int) -> float:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    resnet = torchvision.models.resnet18(weights=None)
-    trunk = torch.nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool, resnet.layer1,
-                                resnet.layer2, resnet.layer3)
+    trunk = backbone_trunk(torchvision.models.resnet18(weights=None), "layer3")
     images = torch.randn(16, 3, 128, 128)
 
     def step():

@@ -487,7 +487,7 @@ class Trainer:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         save_torch(self.out_dir / "last.pt", self._checkpoint(with_optimizer=True, rng_ranks=rng_ranks,
-                                                                     position=position))
+                                                              position=position))
         if position is not None:
             self._log(f"{self.name.name}: saved {self.out_dir / 'last.pt'} at batch {position['batches_done']} of "
                       f"epoch {self.epoch + 1} (step {self.step})")

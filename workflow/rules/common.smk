@@ -6,7 +6,7 @@ from pathlib import Path
 
 from captioner.evaluation.significance import default_pairs
 from captioner.models.registry import ModelName, model_module, objective_module
-from features.config import extractor_module
+from features.config import STAGES, extractor_module
 from pipeline.provenance import code_hash
 
 PROJECT_ROOT = Path(workflow.basedir)
@@ -200,9 +200,9 @@ def weights_path(kind):
             f"({PRETRAIN['backbone']})"
         )
     uses = config["features"]["grid"]["stage"] if kind == "grid" else "layer4"
-    if kind == "regions" and config["features"]["regions"].get("head") == "pool":
+    if kind == "regions" and config["features"]["regions"]["head"] == "pool":
         uses = "layer3"
-    if uses > PRETRAIN["stage"]:  # layer3 < layer4: the stages after pretrain.stage keep random weights
+    if STAGES.index(uses) > STAGES.index(PRETRAIN["stage"]):  # later stages keep their random weights
         what = f"features.grid.stage {uses}" if kind == "grid" else "features.regions.head res5 (layer4)"
         raise ValueError(
             f"features.{kind}.weights is 'pretrain' but {what} runs past features.pretrain.stage "

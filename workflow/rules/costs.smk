@@ -2,16 +2,13 @@
 # (This rule has no benchmark file of its own: it reads the folder while it runs.)
 
 COSTS = [f"{RUN}/tables/costs.md", f"{RUN}/tables/costs.csv"]
+# every other output of the run (rule all's): once they exist, all its jobs and their benchmark files are done
+RESULTS = [TABLES, SIGNIFICANCE, attention_outputs(), extra_split_scores(), nocaps_outputs()]
 
 
 rule costs:
     input:
-        # every other output of the run: all its jobs (and their benchmark files) are done
-        TABLES,
-        SIGNIFICANCE,
-        attention_outputs(),
-        extra_split_scores(),
-        nocaps_outputs(),
+        RESULTS,
     output:
         md=report(
             COSTS[0],

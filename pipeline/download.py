@@ -56,29 +56,126 @@ def verify(path: Path, url: str, size: int | None, sha256: str | None) -> str:
     return actual
 
 
+# answers a busy or briefly broken server gives (rate limit, 5xx from a proxy or CDN): retried like a dropped
+# connection, after the server's Retry-After where it sends one
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+MAX_RETRY_AFTER = 900.0  # seconds: a server asking for a longer wait fails the download now (rerun later)
+
+
+class TransientError(ConnectionError):
+    """An attempt that failed in a way the next one may not: retried with back-off. ``retry_after``: the least
+    wait the server asked for (seconds), if it said."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """A ``Retry-After`` header in seconds: delta-seconds, or an HTTP date (RFC 9110, 10.2.3); None if absent or
+    unreadable."""
+    from email.utils import parsedate_to_datetime
+
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def retry_wait(url: str, attempt: int, backoff: float, retry_after: float | None) -> float:
+    """The back-off before attempt ``attempt + 1``: exponential, or longer where the server asked for longer."""
+    wait = backoff * 2 ** attempt
+    if retry_after is not None:
+        if retry_after > MAX_RETRY_AFTER:
+            raise DownloadError(f"{url}: the server asks to retry in {retry_after:.0f} s (Retry-After), longer than "
+                                f"the {MAX_RETRY_AFTER:.0f} s this waits; rerun later")
+        wait = max(wait, retry_after)
+    return wait
+
+
+def content_range(header: str | None) -> tuple[int | None, int | None]:
+    """(first byte, total length) of a ``Content-Range`` header (``bytes 100-199/1000``, ``bytes */1000``);
+    None where it does not say (a ``*`` total, or no header)."""
+    if not header or not header.strip().lower().startswith("bytes "):
+        return None, None
+    span, _, total = header.strip()[6:].partition("/")
+    start = span.split("-")[0].strip()
+    return (int(start) if start.isdigit() else None), (int(total) if total.strip().isdigit() else None)
+
+
+def _start_over(part: Path, reason: str) -> TransientError:
+    """The partial file cannot be continued: delete it; the next attempt fetches the whole file."""
+    part.unlink(missing_ok=True)
+    return TransientError(f"{reason}; starting over")
+
+
 def _transfer(url: str, part: Path, size: int | None, timeout: float, progress: bool) -> None:
-    """One attempt: append the rest of ``url`` to ``part`` (from its current length)."""
+    """One attempt: append the rest of ``url`` to ``part`` (from its current length).
+
+    What a server answers is checked before a byte is appended: a ``206`` must start at the offset asked for (some
+    proxies serve every range from 0), a ``416`` must say the file is as long as the partial one (else the partial
+    file is stale, left by another file of that name), and a resumed transfer must not be content-encoded (a
+    gzip-encoded range counts bytes of the encoding, not of the file). Otherwise the partial file is dropped and the
+    attempt fails with :class:`TransientError`, so the next one starts from byte 0.
+    """
     import requests
     from tqdm import tqdm
 
     have = part.stat().st_size if part.exists() else 0
+    if size is not None and have > size:
+        raise _start_over(part, f"the partial file {part} holds {have:,} bytes, more than the {size:,} expected")
     if size is not None and have == size:
         return  # complete already (the previous attempt died before the rename)
-    headers = {"Range": f"bytes={have}-"} if have else {}
+    # identity: the bytes of the file itself, the ones Range counts (requests asks for gzip by default)
+    headers = {"Accept-Encoding": "identity"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
     with requests.get(url, headers=headers, stream=True, timeout=timeout, allow_redirects=True) as response:
-        if response.status_code == 416 and have:  # nothing left to send: the part holds the whole file
-            return
+        status = response.status_code
+        if status == 416 and have:  # nothing at or after byte `have`: complete, or a stale partial file
+            _, total = content_range(response.headers.get("Content-Range"))
+            if total == have:
+                return
+            raise _start_over(part, f"the server has {'an unknown number of' if total is None else f'{total:,}'} "
+                                    f"bytes, the partial file {have:,}")
+        if status in TRANSIENT_STATUS:
+            raise TransientError(f"HTTP {status} {response.reason}",
+                                 retry_after_seconds(response.headers.get("Retry-After")))
         response.raise_for_status()  # 403, 404, ...: an HTTPError, not retried
-        if have and response.status_code != 206:  # the server ignored Range: start over
-            have = 0
-        mode = "ab" if have else "wb"
-        total = size if size is not None else (have + int(response.headers.get("Content-Length", 0)) or None)
-        with open(part, mode) as handle, tqdm(total=total, initial=have, unit="B", unit_scale=True,
-                                             unit_divisor=1024, desc=part.name.removesuffix(".part").lstrip("."),
-                                             disable=not progress, file=sys.stderr, mininterval=2) as bar:
-            for block in response.iter_content(NET_CHUNK):
-                handle.write(block)
-                bar.update(len(block))
+        encoding = response.headers.get("Content-Encoding", "").strip().lower()
+        encoded = encoding not in ("", "identity")
+        start, total = content_range(response.headers.get("Content-Range")) if status == 206 else (0, None)
+        if status == 206 and start != have:
+            # a range from elsewhere (a proxy serving from 0): appended at `have`, it would make a wrong file
+            raise _start_over(part, f"the server sent bytes from offset {start} when asked for {have:,}")
+        if status == 206 and have and encoded:
+            raise _start_over(part, f"the server sends the rest {encoding}-encoded, which cannot continue a file")
+        if status != 206:
+            have = 0  # a whole file (the server ignored Range, or none was asked): from the start
+        if total is None and not encoded and "Content-Length" in response.headers:
+            total = have + int(response.headers["Content-Length"])
+        if size is not None and total is not None and total != size:
+            part.unlink(missing_ok=True)
+            raise DownloadError(f"{url}: the server has a file of {total:,} bytes, expected {size:,}")
+        try:
+            with open(part, "ab" if have else "wb") as handle, \
+                    tqdm(total=size or total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+                         desc=part.name.removesuffix(".part").lstrip("."), disable=not progress, file=sys.stderr,
+                         mininterval=2) as bar:
+                for block in response.iter_content(NET_CHUNK):
+                    handle.write(block)
+                    bar.update(len(block))
+        except (requests.exceptions.ContentDecodingError, requests.ConnectionError, requests.Timeout,
+                requests.exceptions.ChunkedEncodingError) as error:
+            if encoded:  # decoded bytes: no Range request can continue them
+                raise _start_over(part, f"{encoding}-encoded transfer failed ({error})") from None
+            raise
     if size is not None and part.stat().st_size < size:
         raise ConnectionError(f"connection closed after {part.stat().st_size:,} of {size:,} bytes")
 
@@ -90,6 +187,8 @@ def fetch(url: str, target: str | Path, size: int | None = None, sha256: str | N
 
     A ``target`` already there (a rerun, or a file placed by hand) is verified instead of fetched. Returns the
     file's SHA-256. A checksum mismatch deletes what arrived, so the rerun fetches it again from the start.
+    Dropped connections, timeouts and transient HTTP statuses (429, 5xx) are retried with exponential back-off
+    (at least the server's Retry-After); other HTTP errors are not.
     """
     import requests
 
@@ -100,17 +199,17 @@ def fetch(url: str, target: str | Path, size: int | None = None, sha256: str | N
     part = part_path(target)
     have = part.stat().st_size if part.exists() else 0
     if size is not None:
-        check_space(target.parent, size - have + extra_space, url)
+        check_space(target.parent, size - min(have, size) + extra_space, url)
     for attempt in range(retries + 1):
         try:
             _transfer(url, part, size, timeout, progress)
             break
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                ConnectionError) as error:
+                requests.exceptions.ContentDecodingError, ConnectionError) as error:
             if attempt == retries:
-                raise DownloadError(f"{url}: no connection after {retries + 1} attempts ({error}); "
+                raise DownloadError(f"{url}: failed after {retries + 1} attempts ({error}); "
                                     f"{by_hand(url, target)}") from None
-            wait = backoff * 2 ** attempt
+            wait = retry_wait(url, attempt, backoff, getattr(error, "retry_after", None))
             print(f"note: {url}: {error}; retrying in {wait:.0f} s from byte "
                   f"{part.stat().st_size if part.exists() else 0:,}", file=sys.stderr)
             time.sleep(wait)
@@ -178,6 +277,20 @@ def fetch_many(items: list[tuple[str, str | Path]], workers: int = 8, retries: i
     return [failure for failure in results if failure is not None]
 
 
+def _unpack_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged or unreadable zip member raises: zipfile's own errors, I/O errors (bz2 too), the
+    decompressors' errors (zlib for deflate, lzma), an unsupported method, an encrypted member (RuntimeError)."""
+    import lzma
+    import zipfile
+    import zlib
+
+    return (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, zlib.error, lzma.LZMAError,
+            NotImplementedError, RuntimeError, ValueError)
+
+
+UNPACK_ERRORS = _unpack_errors()
+
+
 def unpack_zip(archive: str | Path, target: str | Path, expected_files: dict[str, int] | None = None,
                members: list[str] | None = None, top: str | None = None) -> dict[str, int]:
     """Unpack ``archive`` into the folder ``target`` atomically: into a hidden sibling first, then renamed.
@@ -215,9 +328,13 @@ def unpack_zip(archive: str | Path, target: str | Path, expected_files: dict[str
         try:
             for name in names:
                 handle.extract(name, staging)
-        except (zipfile.BadZipFile, OSError, EOFError) as error:
+        except UNPACK_ERRORS as error:  # damaged data (a CRC, a corrupt deflate stream), an encrypted member, ...
             shutil.rmtree(staging, ignore_errors=True)
-            raise DownloadError(f"{archive}: cannot be unpacked ({error}); delete it so it is downloaded again") from None
+            raise DownloadError(f"{archive}: cannot be unpacked ({type(error).__name__}: {error}); delete it so it "
+                                f"is downloaded again") from None
+        except BaseException:  # anything else (an interrupt): still nothing half-unpacked stays
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     counts = count_files(staging)
     wrong = {folder: (counts.get(folder, 0), count) for folder, count in (expected_files or {}).items()
              if counts.get(folder, 0) != count}

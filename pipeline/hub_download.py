@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from pipeline.digest import sha256_of
-from pipeline.download import DownloadError, by_hand
+from pipeline.download import TRANSIENT_STATUS, DownloadError, by_hand, retry_after_seconds, retry_wait
 
 
 def fetch_torchvision_weights(backbone: str, name: str, target: str | Path, retries: int = 3,
@@ -49,17 +49,20 @@ def fetch_hub_file(url: str, target: str | Path, retries: int = 3, backoff: floa
         return digest
     target.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(retries + 1):
+        retry_after = None
         try:
             # torch writes a temporary file beside the target and moves it there only after the hash check
             hub.download_url_to_file(url, str(target), hash_prefix=prefix, progress=progress)
             return sha256_of(target)
-        except urllib.error.HTTPError as error:  # 403, 404: not retried
-            raise DownloadError(f"{url}: HTTP {error.code} {error.reason}; {by_hand(url, target)}") from None
+        except urllib.error.HTTPError as error:  # 403, 404: not retried; 429 and 5xx: retried
+            if error.code not in TRANSIENT_STATUS or attempt == retries:
+                raise DownloadError(f"{url}: HTTP {error.code} {error.reason}; {by_hand(url, target)}") from None
+            retry_after = retry_after_seconds(error.headers.get("Retry-After") if error.headers else None)
         except RuntimeError as error:  # torch.hub: invalid hash value (expected ..., got ...)
             raise DownloadError(f"{url}: checksum mismatch for {target}: {error}") from None
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
             if attempt == retries:
-                raise DownloadError(f"{url}: no connection after {retries + 1} attempts ({error}); "
+                raise DownloadError(f"{url}: failed after {retries + 1} attempts ({error}); "
                                     f"{by_hand(url, target)}") from None
-            time.sleep(backoff * 2 ** attempt)
+        time.sleep(retry_wait(url, attempt, backoff, retry_after))
     raise AssertionError("unreachable")

@@ -78,7 +78,7 @@ def test_http_404_names_the_url_and_how_to_place_the_file_by_hand(server, tmp_pa
 
 
 def test_no_network_is_one_error_after_the_retries(tmp_path):
-    with pytest.raises(DownloadError, match="no connection after 2 attempts"):
+    with pytest.raises(DownloadError, match="failed after 2 attempts"):
         fetch("http://127.0.0.1:9/x.zip", tmp_path / "x.zip", retries=1, backoff=0.01, timeout=2, progress=False)
 
 

@@ -14,10 +14,13 @@ A file without a published checksum (the bottom-up detector weights) is pinned o
 from __future__ import annotations
 
 import json
+import lzma
 import os
 import shutil
 import sys
 import time
+import zipfile
+import zlib
 from pathlib import Path
 
 from pipeline.atomic import write_json
@@ -277,18 +280,10 @@ def fetch_many(items: list[tuple[str, str | Path]], workers: int = 8, retries: i
     return [failure for failure in results if failure is not None]
 
 
-def _unpack_errors() -> tuple[type[BaseException], ...]:
-    """What reading a damaged or unreadable zip member raises: zipfile's own errors, I/O errors (bz2 too), the
-    decompressors' errors (zlib for deflate, lzma), an unsupported method, an encrypted member (RuntimeError)."""
-    import lzma
-    import zipfile
-    import zlib
-
-    return (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, zlib.error, lzma.LZMAError,
-            NotImplementedError, RuntimeError, ValueError)
-
-
-UNPACK_ERRORS = _unpack_errors()
+# what reading a damaged or unreadable zip member raises: zipfile's own errors, I/O errors (bz2's too), the
+# decompressors' errors (zlib for deflate, lzma), an unsupported method, an encrypted member (RuntimeError)
+UNPACK_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, zlib.error, lzma.LZMAError,
+                 NotImplementedError, RuntimeError, ValueError)
 
 
 def unpack_zip(archive: str | Path, target: str | Path, expected_files: dict[str, int] | None = None,
@@ -302,8 +297,6 @@ def unpack_zip(archive: str | Path, target: str | Path, expected_files: dict[str
     top level that is unpacked and becomes ``target`` itself (``train2014`` of ``train2014.zip`` -> ``data/coco/train2014``; a file
     such as ``dataset_coco.json`` works too). Returns the file count per top-level entry of the zip.
     """
-    import zipfile
-
     archive, target = Path(archive), Path(target)
     if target.exists():
         return {top: count_entry(target)} if top else count_files(target)

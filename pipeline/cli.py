@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from pipeline import usage
 from pipeline.errors import run_cleanly
 
 
@@ -30,4 +31,7 @@ def main(prog: str, description: str, commands: dict[str, tuple[str, str]], argv
     parser = argparse.ArgumentParser(prog=f"{prog} {argv[0]}", description=text)
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
-    return run_cleanly(module.run, args)
+    try:
+        return run_cleanly(module.run, args)
+    finally:
+        usage.report()  # the job's peak memory and CPU time, for tables/costs.md (only where the workflow asks)

@@ -87,3 +87,78 @@ def test_command_writes_both_tables_and_refuses_an_empty_folder(benchmarks, tmp_
     (tmp_path / "empty").mkdir()
     failed = command(tmp_path / "empty")
     assert failed.returncode != 0 and failed.stderr.strip().startswith("error:") and "empty" in failed.stderr
+
+
+def usage_line(rss_mb, children_rss_mb=0.0, cpu_s=1.0, world_size=1, rank=0):
+    import json
+
+    return "usage: " + json.dumps({"rss_mb": rss_mb, "children_rss_mb": children_rss_mb, "cpu_s": cpu_s,
+                                   "world_size": world_size, "rank": rank})
+
+
+def test_the_jobs_own_usage_lines_replace_what_snakemake_sampled(benchmarks, tmp_path):
+    """prepare_text ran 2 s (Snakemake saw no memory); a short score job's sample saw only its shell (3 MB); the
+    jobs' logs say what the kernel counted. torchrun's workers add up, a download and its unpack do not."""
+    logs = tmp_path / "logs"
+    bench(benchmarks, "score/m2_xe.seed0.test.tsv", 12.0, 0.1, rss="3.1")
+    bench(benchmarks, "download/val2014.tsv", 40.0, 5.0, rss="3.0")
+    for relative, lines in {
+        "prepare_text.log": ["note: 5 empty captions dropped", usage_line(700.0, cpu_s=9.5)],
+        "score/m2_xe.seed0.test.log": [usage_line(310.0, children_rss_mb=1200.0, cpu_s=25.0)],
+        "train/sat_soft.seed0.log": [usage_line(900.0, cpu_s=3000.0, world_size=2, rank=r) for r in (0, 1)],
+    }.items():
+        (logs / relative).parent.mkdir(parents=True, exist_ok=True)
+        (logs / relative).write_text("\n".join(lines) + "\n")
+    data_logs = tmp_path / "data/logs"
+    data_logs.mkdir(parents=True)
+    (data_logs / "val2014.log").write_text(usage_line(80.0, cpu_s=4.0) + "\nunpacked\n" +
+                                           usage_line(60.0, children_rss_mb=70.0, cpu_s=30.0) + "\n")
+    jobs = {(job.rule, job.name): job for job in collect(benchmarks, None, GPUS, logs, [tmp_path / "nowhere",
+                                                                                          data_logs])}
+    assert jobs["prepare_text", ""].max_rss_mb == 700.0 and jobs["prepare_text", ""].cpu_s == 9.5
+    assert jobs["score", "m2_xe.seed0.test"].max_rss_mb == 1200.0  # its largest process: the scorer's Java
+    assert jobs["train", "sat_soft.seed0"].max_rss_mb == 1800.0 and jobs["train", "sat_soft.seed0"].cpu_s == 6000.0
+    assert jobs["download", "val2014"].max_rss_mb == 80.0 and jobs["download", "val2014"].cpu_s == 34.0
+    # no log: Snakemake's sample where the job ran long enough to be sampled, else nothing
+    assert jobs["extract_features", "grid"].max_rss_mb == 2048.0
+    bench(benchmarks, "tables.tsv", 3.0, 0.5, rss="3.2")
+    tables = summarise(collect(benchmarks, None, GPUS, logs, []))
+    assert dict(tables["stage"])["tables"]["max_rss_mb"] is None
+    assert "| tables | 1 | 0.1 | 0.0 | not sampled |" in to_markdown(tables, "Costs")
+
+
+def test_a_command_reports_its_own_and_its_childrens_peak_memory(tmp_path):
+    """The usage line is the kernel's count: a child that held 400 MB, then the process itself 300 MB."""
+    import os
+
+    from pipeline import usage
+
+    script = ("import subprocess, sys\n"
+              "subprocess.run([sys.executable, '-c', 'x = bytearray(400 * 2 ** 20)'], check=True)\n"
+              "held = bytearray(300 * 2 ** 20)\n"
+              "from pipeline import usage\n"
+              "usage.report()\n")
+    # started by a shell, as Snakemake starts a job: Linux counts a process's parent's pages from before its exec in
+    # the process's own peak, and pytest's are a gigabyte; the shell's are a few MB
+    command = ["sh", "-c", '"$0" -c "$1"; exit $?', sys.executable, script]
+    result = subprocess.run(command, capture_output=True, text=True, check=True, env=dict(os.environ,
+                                                                                         CAPTIONER_USAGE="1"))
+    (record,) = usage.parse(result.stderr)
+    assert 300 <= record["rss_mb"] < 380 and 400 <= record["children_rss_mb"] < 480, record
+    silent = subprocess.run(command, capture_output=True, text=True, check=True,
+                            env={k: v for k, v in os.environ.items() if k != "CAPTIONER_USAGE"})
+    assert usage.parse(silent.stderr) == []
+
+
+def test_every_cli_command_logs_its_usage_line_when_the_workflow_asks(tmp_path):
+    import os
+
+    from pipeline import usage
+
+    env = dict(os.environ, CAPTIONER_USAGE="1")
+    ok = subprocess.run([sys.executable, "-m", "captioner", "costs", "--benchmarks", str(tmp_path / "none"),
+                         "--out-md", str(tmp_path / "c.md"), "--out-csv", str(tmp_path / "c.csv")],
+                        capture_output=True, text=True, env=env)
+    assert ok.returncode == 1 and ok.stderr.startswith("error:")  # a failed command reports too
+    (record,) = usage.parse(ok.stderr)
+    assert record["rss_mb"] > 10 and record["world_size"] == 1

@@ -60,6 +60,24 @@ def test_full_run_writes_a_row_per_model(finished_run):
     assert int(costs["stage", "train"]["jobs"]) == len(MODELS) and int(costs["stage", "decode"]["jobs"]) == len(MODELS)
     assert float(costs["stage", "train"]["gpu_hours"]) > 0 and float(costs["stage", "score"]["gpu_hours"]) == 0
     assert float(costs["model", "sat_soft"]["wall_s"]) > float(costs["stage", "prepare_text"]["wall_s"])
+    # each job's own peak (its usage line), even for jobs of seconds that Snakemake's sampling saw as their 3 MB
+    # shell: at least a Python interpreter; torch's import alone is hundreds of MB; the scorer's Java more
+    peaks = {key[1]: float(row["max_rss_mb"]) for key, row in costs.items() if key[0] == "stage"}
+    assert min(peaks.values()) > 9 and min(peaks["train"], peaks["decode"], peaks["extract_features grid"]) > 200
+    assert peaks["score"] > 100, peaks
+    # the significance table's model columns are the results table's numbers, or say what else they are
+    scores = {row["model"]: row for row in csv.DictReader(open(finished_run / RUN / "tables/scores.csv"))}
+    rows = [line.split("|")[1:4] for line in significance.split("`sat_hard` vs `sat_soft`")[1].split("\n## ")[0]
+            .splitlines() if line.startswith("| ") and not line.startswith("| metric")]
+    checked = 0
+    for label, hard, soft in (map(str.strip, row) for row in rows):
+        if label.endswith("(mean of per-image scores)"):
+            assert label.startswith("METEOR")
+            continue
+        assert float(hard) == pytest.approx(float(scores["sat_hard"][label]), abs=0.051), label
+        assert float(soft) == pytest.approx(float(scores["sat_soft"][label]), abs=0.051), label
+        checked += 1
+    assert checked >= 6 and "METEOR (mean of per-image scores)" in significance
     with open(finished_run / RUN / "models/m2_scst/seed0/metrics.csv") as handle:  # the SCST curve's reward
         scst = [row for row in csv.DictReader(handle) if row["stage"] == "scst"]
     assert scst and all(0 <= float(row["train_reward"]) <= 10 for row in scst)  # CIDEr-D, 0-10 scale

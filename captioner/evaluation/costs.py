@@ -1,8 +1,12 @@
 """What each stage and each model cost: Snakemake's per-job benchmark files summed into tables/costs.{md,csv}.
 
 Every rule writes ``benchmarks/<rule>/<job>.tsv`` (or ``benchmarks/<rule>.tsv`` when it runs once): wall seconds,
-CPU seconds and the peak resident memory of the job's processes. Jobs that hold GPUs (their ``gpu`` resource) are
-also counted in GPU-hours, wall time x GPUs held: what a GPU allocation of a cluster is charged for that job.
+and CPU seconds and resident memory of the job's processes as Snakemake sampled them. Sampling misses short jobs and
+peaks between samples, so each job's commands also log their own peak memory and CPU time as the kernel counted
+them (:mod:`pipeline.usage`, in the rule's log at ``logs/<rule>/<job>.log``, mirroring the benchmark's path); those
+are used where present. A job with neither an own record nor a benchmark that ran long enough to be sampled
+(``SAMPLED_SECONDS``) shows "not sampled" rather than a figure. Jobs that hold GPUs (their ``gpu`` resource) are also
+counted in GPU-hours, wall time x GPUs held: what a GPU allocation of a cluster is charged for that job.
 """
 
 from __future__ import annotations
@@ -16,12 +20,17 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import usage
 from pipeline.atomic import write_text
 from pipeline.errors import InputError
 
 # <model>.seed<k>[.<split>]: the job names of the per-model rules (train, decode, score, attention maps)
 MODEL_JOB = re.compile(r"^(?P<model>[A-Za-z0-9_]+)\.seed(?P<seed>\d+)(?:\.(?P<split>[A-Za-z0-9_]+))?$")
 CSV_COLUMNS = ("table", "name", "jobs", "wall_s", "cpu_s", "max_rss_mb", "gpu_hours")
+# Snakemake samples a job every 0.5 s for its first 15 s, then every 30 s: a job this long was sampled many times
+# while it ran, a shorter one may have been seen only as its shell
+SAMPLED_SECONDS = 30.0
+NOT_SAMPLED = "not sampled"
 
 
 @dataclass
@@ -70,7 +79,28 @@ def gpus_of(rule: str, model: str | None, gpus: dict) -> int:
     return int(held)
 
 
-def collect(root: Path, models: set[str] | None, gpus: dict) -> list[Job]:
+def log_of(relative: Path, logs: Path | None, download_logs: list[Path]) -> Path | None:
+    """The rule log of the job whose benchmark is ``relative`` (``train/m2_xe.seed0.tsv``): the same path under the
+    logs folder; downloads keep their logs beside the data they fetch (``download/<name>.tsv``)."""
+    candidates = [logs / relative.with_suffix(".log")] if logs is not None else []
+    if relative.parts[0] == "download":
+        candidates += [folder / f"{relative.stem}.log" for folder in download_logs]
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def own_figures(wall: float, cpu: float, rss: float | None, log: Path | None) -> tuple[float, float | None]:
+    """(CPU s, peak RSS MB) of a job: its commands' own records where its log has them (the peak never below what
+    Snakemake sampled), else the benchmark's, whose RSS counts only when the job ran long enough to be sampled."""
+    records = usage.parse(log.read_text(errors="replace")) if log is not None else []
+    measured = usage.job_usage(records)
+    if measured is not None:
+        peak, own_cpu = measured
+        return own_cpu, max(peak, rss or 0.0)
+    return cpu, rss if wall >= SAMPLED_SECONDS else None
+
+
+def collect(root: Path, models: set[str] | None, gpus: dict, logs: Path | None = None,
+            download_logs: list[Path] | None = None) -> list[Job]:
     """The jobs under ``root``; model jobs of models no longer configured are left out (their files stay)."""
     jobs = []
     for path in sorted(root.rglob("*.tsv")):
@@ -78,6 +108,7 @@ def collect(root: Path, models: set[str] | None, gpus: dict) -> list[Job]:
         rule, name = (relative.parts[0], str(Path(*relative.parts[1:]).with_suffix(""))) if len(relative.parts) > 1 \
             else (path.stem, "")
         wall, cpu, rss = read_benchmark(path)
+        cpu, rss = own_figures(wall, cpu, rss, log_of(relative, logs, download_logs or []))
         job = Job(rule, name, wall, cpu, rss, 0)
         if models is not None and job.model is not None and job.model not in models:
             continue
@@ -118,9 +149,9 @@ def _minutes(seconds: float) -> str:
 
 def to_markdown(tables: dict, title: str) -> str:
     def table(rows, first):
-        lines = [f"| {first} | jobs | wall min | CPU min | max RSS MB | GPU-h |", "|---|---:|---:|---:|---:|---:|"]
+        lines = [f"| {first} | jobs | wall min | CPU min | peak RSS MB | GPU-h |", "|---|---:|---:|---:|---:|---:|"]
         for name, s in rows:
-            rss = "" if s["max_rss_mb"] is None else f"{s['max_rss_mb']:.0f}"
+            rss = NOT_SAMPLED if s["max_rss_mb"] is None else f"{s['max_rss_mb']:.0f}"
             lines.append(f"| {name} | {s['jobs']} | {_minutes(s['wall_s'])} | {_minutes(s['cpu_s'])} | {rss} | "
                          f"{s['gpu_hours']:.3f} |")
         return "\n".join(lines)
@@ -132,7 +163,13 @@ def to_markdown(tables: dict, title: str) -> str:
             "## By stage\n\n" + table(tables["stage"] + tables["total"], "stage") + "\n\n"
             "## By model (training, decoding, scoring, attention maps; all seeds)\n\n"
             + table(tables["model"], "model") + "\n\n"
-            "Wall and CPU time and peak RSS from Snakemake's `benchmark:` file of each job (benchmarks/). GPU-h: "
+            "Wall time from Snakemake's `benchmark:` file of each job (benchmarks/). CPU time and peak RSS as the kernel "
+            "counted them inside each job (getrusage, the `usage:` line of its log): a command's peak is that of its "
+            "largest process (itself or a child: Java, a loader worker), a job's the largest of its commands' (the "
+            "sum over torchrun's workers), never below the sum over its processes that Snakemake sampled; "
+            "what Snakemake sampled; a row's peak is its largest job's. Where a log has no such line, Snakemake's "
+            f"samples are shown for jobs of {SAMPLED_SECONDS:.0f} s or more and \"{NOT_SAMPLED}\" for shorter ones "
+            "(it samples every 0.5 s, then every 30 s, and may see only the job's shell). GPU-h: "
             "wall time x the GPUs a job holds (its `gpu` resource), as a cluster charges it; on a run without a GPU "
             "the same jobs ran on the CPU. A job rerun keeps its last run's figures only (a training run resumed "
             "over several SLURM jobs: the last one).\n")
@@ -156,6 +193,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-md", required=True)
     parser.add_argument("--out-csv", required=True)
     parser.add_argument("--title", default="Costs")
+    parser.add_argument("--logs", help="the run's logs/ folder (the jobs' usage lines; its paths mirror benchmarks/)")
+    parser.add_argument("--download-logs", nargs="*", default=[],
+                        help="folders of the download rules' logs (beside the data they fetch)")
 
 
 def run(args) -> None:
@@ -167,7 +207,8 @@ def run(args) -> None:
     except json.JSONDecodeError as error:
         raise InputError(f"--gpus: not JSON ({error})") from None
     models = set(args.models.split(",")) if args.models else None
-    jobs = collect(root, models, gpus)
+    jobs = collect(root, models, gpus, Path(args.logs) if args.logs else None,
+                   [Path(folder) for folder in args.download_logs])
     if not jobs:
         raise InputError(f"{root}: no benchmark files")
     tables = summarise(jobs)

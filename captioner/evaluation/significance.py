@@ -20,6 +20,13 @@ from pipeline.atomic import write_json, write_text
 from pipeline.config import defaults
 from pipeline.errors import InputError
 
+# METEOR's corpus score is aggregated inside its Java code: the paired tests resample and swap per-image METEOR,
+# so its row is the mean of per-image scores, a different number from the results table's METEOR (on the demo
+# ~7 points higher); the row's name says so
+PER_IMAGE_MEAN = ("METEOR",)
+STATISTIC = {"corpus": "corpus score (as in the results table)", "per-image mean": "mean of per-image scores",
+             "pooled seeds": "corpus score of every seed's captions pooled (the table shows the mean over seeds)"}
+
 TEST_NAME = ("two-sided approximate randomisation (per-image outputs swapped with probability 1/2) for the p-value; "
              "paired percentile bootstrap over images for the intervals")
 
@@ -48,7 +55,13 @@ def compare(runs_a: list[dict], runs_b: list[dict], resamples: int, trials: int,
             raise InputError(f"{runs_a[0].get('model')} and {scores.get('model')} were scored on different images: "
                              "a paired test needs the same ones")
     arrays_a, arrays_b = seed_averaged_arrays(runs_a, ids), seed_averaged_arrays(runs_b, ids)
-    return paired_test(arrays_a, arrays_b, resamples, trials, seed, confidence)
+    metrics = paired_test(arrays_a, arrays_b, resamples, trials, seed, confidence)
+    several_seeds = len(runs_a) > 1 or len(runs_b) > 1
+    for metric, result in metrics.items():
+        # BLEU of the seeds' mean n-gram counts is that of their captions pooled, not the mean of their BLEUs
+        pooled = several_seeds and metric.startswith("BLEU")
+        result["statistic"] = "per-image mean" if metric in PER_IMAGE_MEAN else "pooled seeds" if pooled else "corpus"
+    return metrics
 
 
 def to_markdown(results: list[dict], confidence: float, trials: int, resamples: int) -> str:
@@ -64,13 +77,17 @@ def to_markdown(results: list[dict], confidence: float, trials: int, resamples: 
             ratio = "–" if t["ratio"] is None else f"{t['ratio']:.2f}"
             if t["ratio_interval"]:
                 ratio += f" [{t['ratio_interval'][0]:.2f}, {t['ratio_interval'][1]:.2f}]"
-            lines.append(f"| {metric} | {t['a']:.1f} | {t['b']:.1f} | {t['difference']:+.1f} [{low:+.1f}, {high:+.1f}]"
+            label = {"per-image mean": f"{metric} (mean of per-image scores)",
+                     "pooled seeds": f"{metric} (seeds' captions pooled)"}.get(t["statistic"], metric)
+            lines.append(f"| {label} | {t['a']:.1f} | {t['b']:.1f} | {t['difference']:+.1f} [{low:+.1f}, {high:+.1f}]"
                          f" | {ratio} | {t['p_value']:.4f} |")
         lines.append("")
     lines += [f"Test: {TEST_NAME}; {trials:,} randomisation trials (the smallest p is 1/{trials + 1:,}), {resamples:,} "
               "bootstrap resamples. One test per metric and pair, not corrected for multiple comparisons. BLEU is "
-              "recomputed from the resampled n-gram counts; METEOR uses per-image scores (an approximation of its "
-              "corpus aggregate, so its columns here are the means of per-image METEOR and differ from the results table's)."]
+              "recomputed from the resampled n-gram counts. METEOR's corpus score is aggregated inside its Java code, so "
+              "its row tests the mean of per-image METEOR, named as such: not the results table's METEOR, which is "
+              "the corpus score. With several seeds BLEU is that of all seeds' captions pooled (named so), close to but not "
+              "the table's mean over seeds; the other rows' model columns are the results table's scores."]
     return "\n".join(lines) + "\n"
 
 
@@ -98,7 +115,7 @@ def run(args) -> None:
         metrics = compare(by_model[a], by_model[b], args.resamples, args.trials, args.seed, args.confidence)
         results.append({"a": a, "b": b, "images": len(by_model[a][0]["per_image"]),
                         "seeds": [len(by_model[a]), len(by_model[b])], "metrics": metrics})
-    write_json(args.out_json, {"test": TEST_NAME, "trials": args.trials, "resamples": args.resamples,
+    write_json(args.out_json, {"test": TEST_NAME, "statistics": STATISTIC, "trials": args.trials, "resamples": args.resamples,
                                "confidence": args.confidence, "pairs": results})
     markdown = to_markdown(results, args.confidence, args.trials, args.resamples)
     write_text(args.out_md, markdown)

@@ -7,6 +7,7 @@ returns its input, so single-process training runs exactly the code it ran befor
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -52,13 +53,32 @@ def init_process_group(ranks: Ranks, device: torch.device) -> torch.device:
     else:
         backend = "gloo"
     if not dist.is_initialized():
+        # torch.distributed.nn takes the default group as a default argument value when it is first imported; first
+        # imported after the group exists (DDP imports torch._dynamo, which imports it), it would hold the group
+        # for the life of the process, and gloo would tear it down while the interpreter exits (see shutdown)
+        import torch.distributed.nn  # noqa: F401
+
         dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world_size, timeout=COLLECTIVE_TIMEOUT)
     return device
 
 
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(together: bool = True) -> None:
+    """Leave the process group, the last thing a worker does with it.
+
+    ``together`` (a training that finished or stopped on every rank): the ranks first meet at a barrier, so none
+    tears its connections down while a peer is still inside a collective or about to start one, then each destroys
+    its group. With nothing else holding the group (the trainer and its DDP wrapper are freed first, and see
+    init_process_group), the group's threads are joined here, not while the interpreter exits, where gloo's
+    teardown raced with the peer's and could abort the worker ("terminate called without an active exception",
+    exit -6) after a finished training. Without ``together`` (an error on this rank) there is no barrier: the other ranks
+    may be waiting in another collective, and torchrun stops them anyway.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if together and dist.get_world_size() > 1:
+        dist.barrier()
+    gc.collect()  # the DDP reducer's reference to the group, if a cycle still holds it
+    dist.destroy_process_group()
 
 
 def active() -> bool:

@@ -35,6 +35,7 @@ import signal
 import socket
 import sys
 import time
+import weakref
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -410,7 +411,14 @@ class Trainer:
     def _install_stop_handlers(self) -> None:
         """SIGTERM / SIGUSR1: finish the step, write last.pt, exit 75. A second signal exits at once."""
 
+        # the handlers stay installed after the run: held weakly, the trainer (its DDP wrapper, which holds the
+        # process group) can be freed before the process exits
+        trainer = weakref.ref(self)
+
         def handler(signum, _frame):
+            self = trainer()
+            if self is None:  # the training is over and torn down: the process is about to exit 0
+                return
             if self.stop_signal is not None:  # the second signal: at once (75 if last.pt is already written)
                 os._exit(EXIT_INTERRUPTED if self.saved_after_stop else 128 + signum)
             self.stop_signal = signal.Signals(signum).name
@@ -565,16 +573,23 @@ def run(args) -> int:
         hparams = json.loads(args.hparams)
     except json.JSONDecodeError as error:
         raise InputError(f"--hparams is not valid JSON: {error}") from None
+    trainer, finished, status = None, False, 0
     try:
         trainer = Trainer(args.model, args.features, args.captions, args.vocab, hparams, args.out_dir,
                           init=args.init, device=args.device,
                           outputs={"checkpoint": args.checkpoint, "metrics": args.metrics, "curve": args.curve},
                           checkpoint_minutes=args.checkpoint_minutes)
         trainer.run()
+        finished = True
     except TrainingInterrupted as stop:
         trainer._log(f"stopped by {stop}: {Path(args.out_dir) / 'last.pt'} holds the position; rerun to continue "
                      f"(exit {EXIT_INTERRUPTED})", every_rank=True)
-        return EXIT_INTERRUPTED
+        finished, status = True, EXIT_INTERRUPTED
     finally:
-        distributed.shutdown()
-    return 0
+        # the DDP wrapper holds the process group: dropped here, the group is destroyed inside shutdown(), while
+        # the interpreter is whole, and not by a garbage collection at exit
+        trainer = None
+        # finished: every rank ran the same collectives and meets the others at shutdown's barrier; after an error
+        # the others may be inside another collective (torchrun stops them)
+        distributed.shutdown(together=finished)
+    return status

@@ -11,7 +11,8 @@ from pipeline.provenance import code_hash
 
 PROJECT_ROOT = Path(workflow.basedir)
 # (braces doubled: snakemake formats the prefix like a shell command)
-shell.prefix("export PYTHONPATH=" + str(PROJECT_ROOT) + "${{PYTHONPATH:+:$PYTHONPATH}}; ")
+# CAPTIONER_USAGE: each command logs its peak memory and CPU time (pipeline/usage.py), which tables/costs.md reads
+shell.prefix("export PYTHONPATH=" + str(PROJECT_ROOT) + "${{PYTHONPATH:+:$PYTHONPATH}} CAPTIONER_USAGE=1; ")
 
 RUN = f"results/{config['run']}"
 LOGS = f"{RUN}/logs"

@@ -28,10 +28,16 @@ rule costs:
         "../../envs/evaluate.yaml"
     params:
         benchmarks=BENCHMARKS,
+        logs=LOGS,
+        # the download rules log beside the data they fetch (shared by runs)
+        download_logs=lambda wc: " ".join(
+            [f"{DATA_ROOT}/logs", f"{WEIGHTS_ROOT}/logs"] + ([f"{NOCAPS['root']}/logs"] if "root" in NOCAPS else [])
+        ),
         models=",".join(MODELS),
         gpus=lambda wc: json_arg(gpus_held()),
         title=f"Costs: {config['run']}",
         code=code("captioner.evaluation.costs"),
     shell:
-        "python -m captioner costs --benchmarks {params.benchmarks} --models {params.models}"
+        "python -m captioner costs --benchmarks {params.benchmarks} --logs {params.logs}"
+        " --download-logs {params.download_logs} --models {params.models}"
         " --gpus {params.gpus:q} --out-md {output.md} --out-csv {output.csv} --title {params.title:q} 2> {log}"

@@ -29,7 +29,7 @@ COMMANDS = {
     "costs": ("captioner.evaluation.costs", "what each stage and model cost, from the jobs' benchmark files"),
     "estimate": ("captioner.apps.estimate", "roughly how long make demo takes on this machine (two short probes)"),
     "caption": ("captioner.apps.caption", "caption your own images with a trained checkpoint"),
-    "import-m2": ("captioner.apps.import_m2", "convert the M² authors' checkpoint + vocab.pkl into our checkpoint"),
+    "import-m2-weights": ("captioner.apps.import_m2_weights", "convert the M² authors' checkpoint + vocab.pkl into our checkpoint"),
 }
 
 

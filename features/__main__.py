@@ -11,7 +11,7 @@ COMMANDS = {
     "pretrain": ("features.pretrain", "train a ResNet trunk on the training split's labelled boxes "
                                       "(offline stand-in for ImageNet weights)"),
     "merge": ("features.store.merge", "merge shard stores into one store"),
-    "import-m2": ("features.import_m2", "import a coco_detections.hdf5 (M² reference layout) into a store"),
+    "import-m2-features": ("features.import_m2_features", "import a coco_detections.hdf5 (M² reference layout) into a store"),
     "verify": ("features.verify", "check a store: shapes, NaN/Inf, num_boxes, missing ids"),
 }
 

@@ -15,7 +15,7 @@ MILVLG/bottom-up-attention.pytorch ("caffe" mode), so its checkpoints load by a 
 
 One residual difference from Caffe's NMS kernel: its +1 areas are ``x2 - x1 + 1``, torchvision's on shifted
 corners ``(x2 + 1) - x1``; the two can differ in the last bit, which changes a decision only for an IoU within
-an ulp of 0.7 (never seen in the MILVLG comparison, benchmarks/compare_milvlg.py).
+an ulp of 0.7 (never seen in the MILVLG comparison, benchmarks/reference/compare_milvlg.py).
 """
 
 from __future__ import annotations

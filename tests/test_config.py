@@ -60,7 +60,7 @@ MIRRORS = {
     "features/detector.py": [("features", "regions")],
     "features/extract.py": [("features",), ("features", "grid"), ("features", "regions")],
     "features/pretrain.py": [("features", "pretrain")],
-    "features/import_m2.py": [("features",)],
+    "features/import_m2_features.py": [("features",)],
     "captioner/data/demo.py": [("dataset", "demo")],
     "captioner/data/text.py": [("text",)],
     "captioner/training/trainer.py": [("train",)],
@@ -168,3 +168,36 @@ def test_a_missing_required_key_fails_at_validation_naming_it(tmp_path, path):
     result = snakemake(workdir, "-n", configfile="broken.yaml", check=False)
     assert result.returncode != 0
     assert f"'{path[-1]}' is a required property" in result.stdout + result.stderr
+
+
+def restated_defaults(config: dict, node: dict, path: tuple = ()) -> list[str]:
+    """Keys of ``config`` whose value is the schema's default (the model sections: their dataclass's default)."""
+    import importlib
+
+    from captioner.models.registry import FAMILIES
+
+    found = []
+    for key, value in config.items():
+        sub = node.get("properties", {}).get(key, {})
+        if path and path[-1] in FAMILIES and key == "model":
+            spec = FAMILIES[path[-1]]
+            config_class = getattr(importlib.import_module(spec.module), spec.config_class)
+            model_defaults = {f.name: f.default for f in fields(config_class) if f.default is not MISSING}
+            found += [f"{'.'.join(path)}.model.{k}" for k, v in value.items() if model_defaults.get(k, MISSING) == v]
+        elif isinstance(value, dict) and "properties" in sub:
+            found += restated_defaults(value, sub, (*path, key))
+        elif "default" in sub and sub["default"] == value:
+            found.append(".".join((*path, key)))
+    return found
+
+
+@pytest.mark.parametrize("name", ["config/config.yaml", "config/coco.yaml"])
+def test_the_shipped_configs_state_only_what_differs_from_the_defaults(name):
+    """So a reader sees what a recipe changes: a value equal to its default is noise, and hides a later change of
+    the default."""
+    config = yaml.safe_load((PROJECT / name).read_text())
+    assert restated_defaults(config, schema()) == []
+    # the checker itself: a restated default is found
+    config["sat"]["batch_size"] = defaults("sat")["batch_size"]
+    config["m2"]["model"] = {"heads": 8}
+    assert restated_defaults(config, schema()) == ["sat.batch_size", "m2.model.heads"]

@@ -14,7 +14,7 @@ import pytest
 from captioner.data.demo import generate
 from features.config import ExtractorConfig
 from features.extract import RunOptions, extract
-from features.import_m2 import import_reference
+from features.import_m2_features import import_reference
 from features.store.merge import merge_stores
 from features.store.reader import FeatureStore
 from tests.faults.helpers import manifest_for

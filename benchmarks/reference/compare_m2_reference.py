@@ -6,7 +6,7 @@ folder and patched for current PyTorch (integer division of beam indices, boolea
 is imported by the project itself.
 
 1. Build the reference Transformer (MemoryAugmentedEncoder 3 layers, m=40; MeshedDecoder 3 layers) with its own
-   random initialisation, convert its state_dict with ``captioner.import_m2.convert_state_dict`` and load it into
+   random initialisation, convert its state_dict with ``captioner.apps.import_m2_weights.convert_state_dict`` and load it into
    our model in ``reference_compat`` mode.
 2. Beam search (beam 5, batch 50, max length 20) on random region features, zero-padded like the reference's
    detections file: the beams must be the same words, the sequence log-probs equal within 1e-4.
@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.common import append_results  # noqa: E402
-from captioner.apps.import_m2 import REFERENCE_SPECIALS, convert_state_dict  # noqa: E402
+from captioner.apps.import_m2_weights import REFERENCE_SPECIALS, convert_state_dict  # noqa: E402
 from captioner.models.beam_search import beam_search  # noqa: E402
 from captioner.models.m2 import MeshedMemoryTransformer  # noqa: E402
 
@@ -189,7 +189,7 @@ def main() -> None:
         xe_ours_by_image_bf16 = timed(bf16(our_step_by_image), args.repeats)
 
     append_results("M2: ours vs the reference implementation (same weights, same inputs)", [
-        f"random reference weights converted with `captioner.import_m2`; {args.regions} regions (10-{args.regions} "
+        f"random reference weights converted with `captioner.apps.import_m2_weights`; {args.regions} regions (10-{args.regions} "
         f"real, zero-padded), vocabulary {args.vocab}, d=512, 3+3 layers, m=40, {args.threads} threads on "
         f"{args.device}; reference = aimagelab/meshed-memory-transformer with the PyTorch fixes listed in the "
         "script (`PATCHES`)", "",

@@ -1,8 +1,8 @@
 """``regions.backend: detectron2`` for real: a standard detectron2 C4 model through ``python -m features extract``.
 
 Needs a detectron2 checkout kept *outside* this repository (v0.2.1, be792b9, is what MILVLG pins; --detectron2),
-imported without compiled ops by :mod:`benchmarks.detectron2_shim`, and a Python with detectron2's pure-Python
-dependencies (see ``benchmarks/compare_milvlg.py``).
+imported without compiled ops by :mod:`benchmarks.reference.detectron2_shim`, and a Python with detectron2's pure-Python
+dependencies (see ``benchmarks/reference/compare_milvlg.py``).
 
 1. Build the config's model (default ``COCO-Detection/faster_rcnn_R_50_C4_3x.yaml``) with random weights, seeded:
    detectron2's initialisation, random norm scales/shifts with running statistics measured on a calibration image,
@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.common import append_results  # noqa: E402
 from benchmarks.compare_milvlg import calibrate_norms, synthetic_image  # noqa: E402
-from benchmarks.detectron2_shim import install_detectron2  # noqa: E402
+from benchmarks.reference.detectron2_shim import install_detectron2  # noqa: E402
 from pipeline.manifest import ManifestImage, write_manifest  # noqa: E402
 
 SIZES = [(427, 640), (640, 427), (480, 640)]
@@ -133,7 +133,7 @@ def main() -> None:
     lines = [
         f"`python -m features extract --kind regions --box-source detector --backend detectron2` in-process on "
         f"{len(records)} synthetic PNGs, detectron2 v0.2.1 from a checkout (compiled ops stubbed by "
-        f"`benchmarks/detectron2_shim.py`), `{args.config}`, CPU fp32, {args.threads} threads, regions defaults "
+        f"`benchmarks/reference/detectron2_shim.py`), `{args.config}`, CPU fp32, {args.threads} threads, regions defaults "
         "(600/1000, RPN 6000 -> 300, NMS 0.3, conf 0.2, 10-100 boxes); random weights (seed "
         f"{args.seed}, norm statistics measured on a calibration image) saved as a .pth, class biases: background "
         "(last column) +2, person (column 0) +4; background position found by the backend: "

@@ -2,7 +2,7 @@
 
 Needs checkouts kept *outside* this repository (never committed here): MILVLG/bottom-up-attention.pytorch
 (--milvlg) and facebookresearch/detectron2 at v0.2.1, be792b9, the commit MILVLG pins (--detectron2). Neither is
-compiled nor edited: :mod:`benchmarks.detectron2_shim` stubs the compiled ops at run time. Run it with a Python that
+compiled nor edited: :mod:`benchmarks.reference.detectron2_shim` stubs the compiled ops at run time. Run it with a Python that
 has detectron2 v0.2.1's pure-Python dependencies (fvcore, iopath, yacs, pycocotools, termcolor, tabulate,
 cloudpickle) and opencv besides this project's own (a separate venv: they are not project dependencies).
 
@@ -36,9 +36,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.common import append_results  # noqa: E402
-from benchmarks.detectron2_shim import install_detectron2, install_milvlg  # noqa: E402
+from benchmarks.reference.detectron2_shim import install_detectron2, install_milvlg  # noqa: E402
 from features.butd import per_class_nms_keep, select_boxes  # noqa: E402
 from features.detector import (  # noqa: E402
     BottomUpDetector,
@@ -423,7 +423,7 @@ def main() -> None:
 
     lines = [
         f"MILVLG/bottom-up-attention.pytorch HEAD `GeneralizedBUARCNN` built from its own code and `{CONFIG}` on "
-        f"detectron2 v0.2.1 (be792b9; compiled ops replaced at run time by `benchmarks/detectron2_shim.py`), CPU fp32, "
+        f"detectron2 v0.2.1 (be792b9; compiled ops replaced at run time by `benchmarks/reference/detectron2_shim.py`), CPU fp32, "
         f"{args.threads} threads; random weights (seed {args.seed}: detectron2 init, random norm scales/shifts with "
         "running statistics measured on a calibration image, objectness logit differences scaled to std 2 there, "
         f"class weights x{factor:.3g} so that the images have {counts} regions over conf 0.2 before the 10-100 "

@@ -28,7 +28,7 @@ from pipeline.errors import InputError
 
 def _not_compiled(name: str):
     def missing(*args, **kwargs):
-        raise NotImplementedError(f"detectron2._C.{name} is not compiled here (see benchmarks/detectron2_shim.py)")
+        raise NotImplementedError(f"detectron2._C.{name} is not compiled here (see benchmarks/reference/detectron2_shim.py)")
     return missing
 
 

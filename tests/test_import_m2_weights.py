@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-from captioner.apps.import_m2 import REFERENCE_SPECIALS, import_checkpoint, load_reference_vocab
+from captioner.apps.import_m2_weights import REFERENCE_SPECIALS, import_checkpoint, load_reference_vocab
 from captioner.models.beam_search import beam_search
 from captioner.models.checkpoint import load_for_inference
 from captioner.models.m2 import M2Config, MeshedMemoryTransformer

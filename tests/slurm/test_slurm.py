@@ -4,6 +4,8 @@ with sbatch by snakemake-executor-plugin-slurm, runs under SLURM and gives the s
 from __future__ import annotations
 
 import csv
+import json
+import math
 import os
 import re
 import shutil
@@ -185,6 +187,28 @@ RESUMED = re.compile(r"^(\S+) resuming sat_soft from \S+ after epoch \d+, batch 
                      re.MULTILINE)
 
 
+# training in all, whatever the machine: the first job is stopped by hand after an epoch, each next one by SLURM's
+# warning 20 s before its 1-minute limit, so ~30-40 s of training a job after start-up: 55 s make at least 3 jobs
+CHUNKED_TRAINING_SECONDS = 55
+
+
+def long_sat_epochs(finished_run: Path, tmp_path: Path) -> int:
+    """LONG_SAT's epoch count for about CHUNKED_TRAINING_SECONDS of training on this machine (at least its 36):
+    three epochs timed with one thread (a fast machine would otherwise finish in 2 jobs)."""
+    config = yaml.safe_load((finished_run / TINY_CONFIG).read_text())
+    hparams = {**config["sat"], **{k: v for k, v in LONG_SAT.items() if k != "model"}, "epochs": 3,
+               "model": dict(config["sat"]["model"], **LONG_SAT["model"])}
+    run = finished_run / "results/tiny"
+    command = [sys.executable, "-m", "captioner", "train", "--model", "sat_soft", "--features",
+               str(run / "features/grid.h5"), "--captions", str(run / "text/captions.json"), "--vocab",
+               str(run / "text/vocab.json"), "--hparams", json.dumps(hparams), "--out-dir", str(tmp_path / "timing"),
+               "--threads", "1", "--device", "cpu"]
+    subprocess.run(command, cwd=finished_run, env=environment(), capture_output=True, check=True, timeout=300)
+    # the epochs' step time, and a fifth more for validation and the epoch's files
+    per_epoch = 1.2 * sum(float(row["epoch_s"]) for row in csv_rows(tmp_path / "timing/metrics.csv")) / 3
+    return max(LONG_SAT["epochs"], math.ceil(CHUNKED_TRAINING_SECONDS / max(per_epoch, 0.1)))
+
+
 def train_job_ids(workdir: Path) -> list[str]:
     out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i|%k|%Z"], capture_output=True, text=True,
                          check=False).stdout
@@ -199,8 +223,11 @@ def test_training_longer_than_its_time_limit_finishes_in_chunks_like_a_local_run
     resubmits it (preemptible-retries) and the next job resumes at that batch. The first job is also stopped by hand
     with `scancel --signal=USR1`. The chunks end with the losses and weights of an uninterrupted local run."""
 
+    epochs = long_sat_epochs(finished_run, tmp_path)
+    report(f"chunked training: {epochs} epochs for ~{CHUNKED_TRAINING_SECONDS} s of training here")
+
     def longer(config):
-        config["sat"].update({k: v for k, v in LONG_SAT.items() if k != "model"})
+        config["sat"].update({k: v for k, v in LONG_SAT.items() if k != "model"}, epochs=epochs, patience=epochs)
         config["sat"]["model"] = dict(config["sat"]["model"], **LONG_SAT["model"])
 
     local, chunked = clone_run(finished_run, tmp_path / "local"), clone_run(finished_run, tmp_path / "chunked")

@@ -68,6 +68,24 @@ def test_a_stop_signal_mid_epoch_saves_the_position_and_the_resumed_run_matches(
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
+def test_a_retry_after_the_last_epoch_puts_back_every_output(caption_set, tmp_path):
+    """A stop signal that lands as training ends kills the job's own Snakemake, so the job fails after its last
+    save; Snakemake deletes the outputs and resubmits. The retry has no epoch left to train: it must still put
+    back checkpoint.pt, metrics.csv and curve.png (else every retry fails on missing outputs)."""
+    out = tmp_path / "done"
+    command = train_command(caption_set, out, dict(SAT, epochs=2), "sat_soft", caption_set / "grid.h5")
+    subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    before = {name: (out / name).read_bytes() for name in ("checkpoint.pt", "metrics.csv")}
+    for name in ("checkpoint.pt", "metrics.csv", "curve.png"):
+        (out / name).unlink()
+    retry = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert retry.returncode == 0, retry.stderr[-2000:]
+    assert "after epoch 2" in retry.stderr and "epoch 1/2:" not in retry.stderr  # nothing trained again
+    assert (out / "metrics.csv").read_bytes() == before["metrics.csv"]
+    assert (out / "checkpoint.pt").read_bytes() == before["checkpoint.pt"]
+    assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_a_periodic_mid_epoch_checkpoint_survives_a_kill(caption_set, tmp_path):
     hparams = dict(SAT, epochs=4, batch_size=4)  # 24 batches an epoch
     reference = single_process(caption_set, tmp_path / "straight", hparams, "sat_soft", caption_set / "grid.h5")

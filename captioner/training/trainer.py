@@ -475,16 +475,19 @@ class Trainer:
             self._log(f"{self.name.name} epoch {self.epoch}/{epochs}: loss {stats['train_loss']:.3f}{reward} val "
                       f"CIDEr-D {val['val_cider']:.3f} ({stats['epoch_s']:.0f} s, loader "
                       f"{100 * stats['loader_share']:.0f}%{left}) e.g. {val['val_sample']!r}")
-        # rank 0's view: another rank could look before rank 0 has renamed its last save into place
-        if distributed.broadcast_object(not self.outputs["checkpoint"].exists()):
-            # Snakemake deletes a failed job's outputs (checkpoint.pt among them) before its retry resumes from
-            # last.pt: the best epoch's weights come back from their copy beside last.pt
-            best_copy = self.out_dir / BEST_COPY
-            if self.ranks.is_main and best_copy.exists():
+        # Snakemake deletes a failed job's outputs before its retry resumes from last.pt, even when the job failed
+        # after the last epoch was saved (a stop signal that killed the job's Snakemake as training ended): the
+        # retry then trains nothing, and must put back all three. (rank 0's view: another rank could look before
+        # rank 0 has renamed its last save into place)
+        missing = distributed.broadcast_object([key for key, path in self.outputs.items() if not path.exists()])
+        best_copy = self.out_dir / BEST_COPY
+        if "checkpoint" in missing and not distributed.broadcast_object(best_copy.exists()):
+            self._save(best=True)  # (every rank: it gathers their random states)
+        elif self.ranks.is_main and missing:
+            if "checkpoint" in missing:  # the best epoch's weights come back from their copy beside last.pt
                 with atomic.atomic_path(self.outputs["checkpoint"]) as tmp:
                     shutil.copyfile(best_copy, tmp)
-            elif not best_copy.exists():
-                self._save(best=True)
+            write_metrics(self.history, self.outputs["metrics"], self.outputs["curve"], self.name.name)
         return self.outputs["checkpoint"]
 
     def _save(self, best: bool, position: dict | None = None) -> None:

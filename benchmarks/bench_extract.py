@@ -13,10 +13,10 @@ from benchmarks.common import append_results  # noqa: E402
 from captioner.data import karpathy  # noqa: E402
 from captioner.data.demo import generate  # noqa: E402
 from captioner.data.manifest import write_from_karpathy  # noqa: E402
-from features.backbones import pick_device  # noqa: E402
 from features.boxes import load_given_boxes  # noqa: E402
 from features.config import ExtractorConfig  # noqa: E402
 from features.extract import ImageDataset, RunOptions, build_extractor, extract  # noqa: E402
+from pipeline.device import pick_device  # noqa: E402
 
 CASES = {
     "grid-r101-448": dict(kind="grid", backbone="resnet101", image_size=448, grid_size=14),

@@ -26,9 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import append_results  # noqa: E402
+from captioner.data.model_inputs import ModelInputs, TrainData, compute_feature_norm  # noqa: E402
 from captioner.data.vocab import Vocabulary  # noqa: E402
-from captioner.models.checkpoint import compute_feature_norm  # noqa: E402
-from captioner.training.objective import TrainData  # noqa: E402
 from features.store.reader import FeatureStore  # noqa: E402
 from features.store.writer import StoreWriter  # noqa: E402
 from pipeline.errors import InputError  # noqa: E402
@@ -216,11 +215,11 @@ def main() -> None:
         except InputError as error:
             lines += [f"preload_features: refused, `error: {error}`", ""]
 
-        # as the trainer builds it (trainer.py): norm from training images, then TrainData on the device
+        # as the trainer builds it (training/setup.py): norm from training images, then TrainData on the device
         vocab = Vocabulary(["<pad>", "<bos>", "<eos>", "<unk>"])
         norm = compute_feature_norm(store, store.image_ids[:5000].tolist(), 500, 0)
-        data = TrainData([{"image_id": int(i)} for i in store.image_ids], store, norm, "regions", False, vocab,
-                         torch.device("cpu"))
+        data = TrainData([{"image_id": int(i)} for i in store.image_ids], store,
+                         ModelInputs("regions", norm, False, torch.device("cpu")), vocab)
         batch_bytes = args.batch * store.rows_per_image * store.feature_dim * np.dtype(store.meta["dtype"]).itemsize
         rows = ["| loader | workers | batches/s | images/s | MB/s of features | pages cached before |",
                 "|---|---:|---:|---:|---:|---:|"]

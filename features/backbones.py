@@ -56,12 +56,6 @@ def stage_channels(resnet: torchvision.models.ResNet, last_stage: str) -> int:
     return resnet.fc.in_features >> (4 - int(last_stage.removeprefix("layer")))
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Host batch -> device; channels-last on GPUs (faster convolutions)."""
     images = images.to(device, non_blocking=True)

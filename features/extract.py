@@ -25,11 +25,11 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from features.backbones import pick_device
 from features.config import REGION_HEADS, STAGES, ExtractorConfig, extractor_module
 from features.images import ImageError, load_rgb
 from features.store.writer import StoreWriter
 from pipeline.config import defaults
+from pipeline.device import pick_device
 from pipeline.errors import InputError
 from pipeline.manifest import read_manifest
 

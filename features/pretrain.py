@@ -26,14 +26,16 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from features.backbones import pick_device, stage_channels, trunk
+from features.backbones import stage_channels, trunk
 from features.boxes import load_given_boxes
 from features.config import STAGE_STRIDES, STAGES
 from features.images import ImageError, load_rgb, to_tensor
 from pipeline.atomic import atomic_path, write_json
 from pipeline.config import defaults
+from pipeline.device import pick_device
 from pipeline.errors import InputError
 from pipeline.manifest import ManifestImage, read_manifest
+
 
 class PretrainError(InputError):
     """The boxes or images cannot train the trunk."""

@@ -28,7 +28,7 @@ M2 = {"epochs": 3, "batch_size": 16, "warmup": 10, "feature_norm_images": 50, "p
       "scst_epochs": 3, "scst_beam_size": 2, "scst_max_length": 8, "scst_batch_images": 10,
       "model": {"d_model": 16, "heads": 2, "d_ff": 32, "encoder_layers": 1, "decoder_layers": 1, "memory_slots": 2,
                 "dropout": 0.0}}
-OUTPUTS = ["best.pt", "checkpoint.pt", "curve.png", "history.log", "last.pt", "metrics.csv"]
+OUTPUTS = ["best.pt", "checkpoint.pt", "curve.png", "history.log", "last.pt", "metrics.csv", "tensorboard"]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from captioner.models.checkpoint import load_checkpoint
-from captioner.training.trainer import EXIT_INTERRUPTED
+from captioner.training.preemption import EXIT_INTERRUPTED
 from tests.faults.test_kills import wait_for
 from tests.test_ddp import M2, ROOT, SAT, column, environment, regions, single_process, torchrun_command  # noqa: F401
 from tests.training_helpers import train_command

@@ -50,7 +50,7 @@ def test_hard_attention_gets_reinforce_gradient():
 
 
 def test_blind_inputs_hide_features_and_region_count():
-    from captioner.models.checkpoint import FeatureNorm, model_inputs
+    from captioner.data.model_inputs import FeatureNorm, model_inputs
 
     data = {"features": np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32),
             "num_boxes": np.array([2, 4])}
@@ -190,7 +190,7 @@ def test_last_checkpoint_of_other_input_files_is_not_resumed(caption_set, tmp_pa
 
 
 def test_the_curve_shows_scst_runs_by_their_mean_reward():
-    from captioner.training.trainer import training_series
+    from captioner.training.metrics import training_series
 
     xe = [{"epoch": 1, "train_loss": 3.0, "val_cider": 1.0}, {"epoch": 2, "train_loss": 2.0, "val_cider": 1.5}]
     assert training_series(xe) == ("training loss", [1, 2], [3.0, 2.0])

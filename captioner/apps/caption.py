@@ -12,12 +12,12 @@ import torch
 
 from captioner.models.beam_search import beam_search, collapse_repeats
 from captioner.models.checkpoint import CheckpointError, load_for_inference
-from features.backbones import pick_device
 from features.config import ExtractorConfig
 from features.extract import ImageDataset, build_extractor
 from features.images import ImageError
 from pipeline.atomic import write_json
 from pipeline.config import defaults
+from pipeline.device import pick_device
 from pipeline.errors import InputError, MissingKeyError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}

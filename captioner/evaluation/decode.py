@@ -12,9 +12,11 @@ from tqdm import tqdm
 from captioner.data.vocab import load_captions
 from captioner.models.beam_search import beam_search, collapse_repeats
 from captioner.models.checkpoint import load_for_inference
+from captioner.models.decoding import decode_batches
 from features.store.reader import FeatureStore
 from pipeline.atomic import write_json
 from pipeline.config import defaults
+from pipeline.device import pick_device
 from pipeline.errors import InputError
 
 
@@ -40,22 +42,20 @@ def run(args) -> None:
     torch.set_num_threads(args.threads)
     if args.beam_size < 1 or args.max_length < 1:
         raise InputError("beam size and max length must be >= 1")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    bundle = load_for_inference(args.checkpoint, device)
+    bundle = load_for_inference(args.checkpoint, pick_device(args.device))
     store = FeatureStore(args.features)  # the split is read once, batch by batch: no need to hold the store in RAM
     images = load_captions(args.captions)["splits"][args.split]
     ids = [item["image_id"] for item in images]
     store.check_ids(ids)
+    def search(state, step, count):
+        return beam_search(state, step, count, args.beam_size, args.max_length, bundle.vocab.bos_id,
+                           bundle.vocab.eos_id, bundle.vocab.pad_id, length_normalization=args.length_normalization)
+
     predictions, beams = [], []
     with torch.inference_mode(), tqdm(total=len(ids), unit="img", desc=f"{bundle.name} {args.split} beam search",
                                       file=sys.stderr, mininterval=10) as progress:
-        for start in range(0, len(ids), args.batch_size):
-            batch_ids = ids[start:start + args.batch_size]
-            state, step = bundle.model.decoder(**bundle.inputs(store.gather(batch_ids)))
-            result = beam_search(state, step, len(batch_ids), args.beam_size, args.max_length,
-                                 bundle.vocab.bos_id, bundle.vocab.eos_id, bundle.vocab.pad_id,
-                                 length_normalization=args.length_normalization)
+        for batch_ids, result in decode_batches(bundle.model, lambda batch: bundle.inputs(store.gather(batch)), ids,
+                                                args.batch_size, search):
             for i, image_id in enumerate(batch_ids):
                 words = bundle.vocab.decode(result.tokens[i, 0].tolist()).split()
                 if bundle.collapse_repeats:

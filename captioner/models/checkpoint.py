@@ -1,4 +1,5 @@
-"""Checkpoint files, model construction from the registry, and what runs a trained model on store features."""
+"""Checkpoint files, model construction from the registry, and a trained model loaded for inference (with the
+inputs it reads: :mod:`captioner.data.model_inputs`)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from captioner.data.model_inputs import FeatureNorm, ModelInputs
 from captioner.data.vocab import Vocabulary
 from captioner.models.registry import FAMILIES
 from pipeline.atomic import atomic_path
@@ -46,71 +47,20 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
 
 
 @dataclass
-class FeatureNorm:
-    """Per-channel standardisation learnt on the training split (vital for random-init features)."""
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def apply(self, features: torch.Tensor) -> torch.Tensor:
-        return (features - self.mean.to(features.device)) / self.std.to(features.device)
-
-
-def compute_feature_norm(store, image_ids, max_images: int, seed: int) -> FeatureNorm:
-    rng = np.random.default_rng(seed)
-    ids = list(image_ids)
-    if len(ids) > max_images:
-        ids = rng.choice(ids, size=max_images, replace=False).tolist()
-    total = None
-    total_sq = None
-    count = 0
-    for start in range(0, len(ids), 256):
-        data = store.gather(ids[start:start + 256])
-        feats = data["features"].astype(np.float64)
-        if "num_boxes" in data:
-            valid = np.arange(feats.shape[1])[None, :] < data["num_boxes"][:, None]
-            rows = feats[valid]
-        else:
-            rows = feats.reshape(-1, feats.shape[-1])
-        total = rows.sum(0) if total is None else total + rows.sum(0)
-        total_sq = (rows ** 2).sum(0) if total_sq is None else total_sq + (rows ** 2).sum(0)
-        count += len(rows)
-    mean = total / max(count, 1)
-    std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean ** 2, 0.0)) + 1e-5
-    return FeatureNorm(torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32))
-
-
-def model_inputs(kind: str, data: dict, norm: FeatureNorm, blind: bool, device) -> dict:
-    """Store arrays of a ``kind`` (grid | regions) store -> keyword arguments of the model's ``loss``/``decoder``."""
-    features = norm.apply(torch.from_numpy(data["features"]).to(device, non_blocking=True).float())
-    if "num_boxes" in data:  # zero the padded rows after standardisation
-        valid = torch.arange(features.shape[1])[None, :] < torch.from_numpy(data["num_boxes"]).long()[:, None]
-        features = features * valid[..., None].to(features.device)
-    full = np.full(len(features), features.shape[1])
-    num_boxes = np.asarray(data.get("num_boxes", full))
-    if blind:  # nothing of the image may leak: neither features nor how many regions it has
-        features = torch.zeros_like(features)
-        num_boxes = full
-    if kind == "regions":
-        return {"features": features, "num_boxes": torch.from_numpy(num_boxes).long().to(device)}
-    return {"features": features}
-
-
-@dataclass
 class InferenceBundle:
     name: str
     family: str
     model: torch.nn.Module
     vocab: Vocabulary
-    norm: FeatureNorm
-    blind: bool
+    inputs: ModelInputs  # store arrays -> this model's inputs (``bundle.inputs(store.gather(ids))``)
     epoch: int
     collapse_repeats: bool
     device: torch.device
     checkpoint: dict
 
-    def inputs(self, data: dict) -> dict:
-        return model_inputs(FAMILIES[self.family].features, data, self.norm, self.blind, self.device)
+
+def feature_norm_of(checkpoint: dict) -> FeatureNorm:
+    return FeatureNorm(checkpoint["feature_norm"]["mean"], checkpoint["feature_norm"]["std"])
 
 
 def load_for_inference(path: str | Path, device) -> InferenceBundle:
@@ -122,10 +72,11 @@ def load_for_inference(path: str | Path, device) -> InferenceBundle:
         raise CheckpointError(f"{path}: its weights do not fit this version's {checkpoint['family']} model "
                               f"(retrain it): {str(error).splitlines()[-1].strip()}") from None
     model.to(device).eval()
-    norm = FeatureNorm(checkpoint["feature_norm"]["mean"], checkpoint["feature_norm"]["std"])
+    inputs = ModelInputs(FAMILIES[checkpoint["family"]].features, feature_norm_of(checkpoint), checkpoint["blind"],
+                         torch.device(device))
     return InferenceBundle(
         name=checkpoint["name"], family=checkpoint["family"], model=model, vocab=Vocabulary(checkpoint["vocab"]),
-        norm=norm, blind=checkpoint["blind"], epoch=checkpoint["epoch"],
+        inputs=inputs, epoch=checkpoint["epoch"],
         collapse_repeats=bool(checkpoint["hparams"].get("collapse_repeats", False)), device=torch.device(device),
         checkpoint=checkpoint)
 

@@ -19,7 +19,7 @@ import sys
 from torch.distributed import run as torchrun
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-from captioner.training.trainer import EXIT_INTERRUPTED, STOP_SIGNALS
+from captioner.training.preemption import EXIT_INTERRUPTED, STOP_SIGNALS
 
 # torchrun's own handlers (they raise in the agent, which then signals the workers); SIGTERM is left out
 AGENT_SIGNALS = "SIGINT,SIGHUP,SIGQUIT"

@@ -1,6 +1,7 @@
 """The objective contract: what the trainer is given to train a model with, and the data it reads.
 
-An objective is an ``nn.Module`` that holds the model; its module names the class ``OBJECTIVE``. It decides the batches of an epoch (``batches``), computes
+An objective is an ``nn.Module`` that holds the model; its module names the class ``OBJECTIVE``. It decides the
+batches of an epoch (``batches``) and which images' features each one reads (``images_of``), computes
 the loss of one batch in ``forward`` (so data parallelism wraps the objective itself: DDP all-reduces the gradients
 of whatever ``forward`` ran, beam search included), names the hyper-parameters it trains with, and builds its
 optimizer. Buffers it registers (a REINFORCE baseline) are saved in ``last.pt`` and restored on resume.
@@ -12,15 +13,12 @@ says which one each model trains with.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
-from captioner.data.vocab import Vocabulary
-from captioner.models.checkpoint import FeatureNorm, model_inputs
-from features.store.reader import FeatureStore
+from captioner.data.model_inputs import TrainData
 
 
 @dataclass
@@ -28,33 +26,6 @@ class Step:
     loss: torch.Tensor  # a mean over ``count`` units of this process's share of the global batch
     count: float  # how many units the loss averages over (weights the data-parallel shards)
     sums: dict  # metrics to report, name -> (sum, count) over this process's share
-
-
-class TrainData:
-    """The training images and what turns them into model inputs on the device."""
-
-    def __init__(self, images: list[dict], store: FeatureStore, norm: FeatureNorm, kind: str, blind: bool,
-                 vocab: Vocabulary, device: torch.device):
-        self.images, self.store, self.norm, self.kind, self.blind = images, store, norm, kind, blind
-        self.vocab, self.device = vocab, device
-        self.load_seconds = 0.0  # spent reading features (the loader share of an epoch)
-
-    def inputs_for_ids(self, image_ids) -> dict:
-        started = time.perf_counter()
-        inputs = model_inputs(self.kind, self.store.gather(image_ids), self.norm, self.blind, self.device)
-        self.load_seconds += time.perf_counter() - started
-        return inputs
-
-    def inputs(self, indices: list[int]) -> dict:
-        """Model inputs of training images ``indices`` (positions in ``images``), in that order."""
-        return self.inputs_for_ids([self.images[i]["image_id"] for i in indices])
-
-    def pad(self, sequences: list[list[int]]) -> torch.Tensor:
-        width = max(len(s) for s in sequences)
-        out = torch.full((len(sequences), width), self.vocab.pad_id, dtype=torch.long)
-        for i, s in enumerate(sequences):
-            out[i, : len(s)] = torch.tensor(s)
-        return out.to(self.device)
 
 
 class Objective(torch.nn.Module):
@@ -67,6 +38,11 @@ class Objective(torch.nn.Module):
         self.model, self.data, self.hp = model, data, hp
 
     def batches(self, generator: torch.Generator) -> Iterator[list]:
+        raise NotImplementedError
+
+    def images_of(self, items: list) -> list[int]:
+        """The training images (positions in ``data.images``) whose features ``forward(items)`` reads, in the order
+        it reads them: what the loader prefetches."""
         raise NotImplementedError
 
     def forward(self, items: list) -> Step:

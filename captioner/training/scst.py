@@ -37,9 +37,12 @@ class SelfCritical(Objective):
         for start in range(0, len(order), bs):
             yield order[start:start + bs]
 
+    def images_of(self, items: list) -> list[int]:
+        return list(items)
+
     def forward(self, items: list) -> Step:
         k, vocab = int(self.hp["scst_beam_size"]), self.data.vocab
-        state, step = self.model.decoder(**self.data.inputs(items))
+        state, step = self.model.decoder(**self.data.inputs(self.images_of(items)))
         result = beam_search(state, step, len(items), k, int(self.hp["scst_max_length"]), vocab.bos_id,
                              vocab.eos_id, vocab.pad_id, n_best=k, stop_when_done=False)
         tokens = result.tokens.tolist()  # one device -> host copy for the whole batch

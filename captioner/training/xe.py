@@ -38,9 +38,12 @@ class CrossEntropy(Objective):
         for start in range(0, len(order) - bs + 1, bs):
             yield [pairs[k] for k in order[start:start + bs]]
 
+    def images_of(self, items: list) -> list[int]:
+        return list(dict.fromkeys(i for i, _ in items))  # each distinct image once, in order of appearance
+
     def forward(self, items: list) -> Step:
         # each distinct image is read and encoded once; image_index sends its encoding to its captions
-        images = list(dict.fromkeys(i for i, _ in items))
+        images = self.images_of(items)
         row = {image: r for r, image in enumerate(images)}
         inputs = self.data.inputs(images)
         inputs["image_index"] = torch.tensor([row[i] for i, _ in items], device=self.data.device)

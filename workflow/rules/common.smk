@@ -124,9 +124,11 @@ def seeds_of(model):
 
 
 def seed_hparams(model, seed):
-    """The recipe of one seed's training job: the seed list becomes that job's seed."""
+    """The recipe of one seed's training job: the seed list becomes that job's seed; train.ema_decay joins it when
+    set (a setting of every model that changes what they learn)."""
     recipe = {key: value for key, value in hparams(model).items() if key != "seeds"}
-    return {**recipe, "seed": int(seed)}
+    ema = {"ema_decay": config["train"]["ema_decay"]} if config["train"]["ema_decay"] else {}
+    return {**recipe, "seed": int(seed), **ema}
 
 
 def eval_dir(model, seed):

@@ -6,11 +6,17 @@ import sys
 
 from pipeline.cli import main as run_commands
 
-COMMANDS = {
+COMMANDS = {  # what people type
     "download": ("captioner.data.download", "fetch one file with resume, size and SHA-256 checks"),
     "torchvision-weights": ("captioner.data.torchvision_weights", "fetch torchvision's weights of a backbone "
                                                                   "(torch.hub's hash check)"),
     "unpack": ("captioner.data.unpack", "unpack one folder or file of a zip atomically, checking its file count"),
+    "estimate": ("captioner.apps.estimate", "roughly how long make demo takes on this machine (two short probes)"),
+    "caption": ("captioner.apps.caption", "caption your own images with a trained checkpoint"),
+    "import-m2-weights": ("captioner.apps.import_m2_weights", "convert the M² authors' checkpoint + vocab.pkl into our checkpoint"),
+}
+
+JOBS = {  # what the workflow's rules run: python -m captioner job NAME (settings in --spec where a rule has any)
     "demo-data": ("captioner.data.demo", "generate the embedded shapes dataset (Karpathy format)"),
     "demo-nocaps": ("captioner.data.demo_nocaps",
                     "generate the demo's nocaps-like evaluation set (official nocaps format)"),
@@ -27,14 +33,11 @@ COMMANDS = {
     "significance": ("captioner.evaluation.significance", "paired tests between models (approximate randomisation)"),
     "tables": ("captioner.evaluation.tables", "results tables from score files"),
     "costs": ("captioner.evaluation.costs", "what each stage and model cost, from the jobs' benchmark files"),
-    "estimate": ("captioner.apps.estimate", "roughly how long make demo takes on this machine (two short probes)"),
-    "caption": ("captioner.apps.caption", "caption your own images with a trained checkpoint"),
-    "import-m2-weights": ("captioner.apps.import_m2_weights", "convert the M² authors' checkpoint + vocab.pkl into our checkpoint"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_commands("python -m captioner", __doc__, COMMANDS, argv)
+    return run_commands("python -m captioner", __doc__, COMMANDS, argv, JOBS)
 
 
 if __name__ == "__main__":

@@ -6,34 +6,146 @@ rule's code fingerprint names only the module its job runs (editing the region d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, fields
+from typing import ClassVar, Literal, get_args
 
 from pipeline.config import defaults
 from pipeline.errors import InputError
+from pipeline.spec import Precision, from_config, parse, setting
 
 STAGE_STRIDES = {"layer3": 16, "layer4": 32}  # where a trunk stops (res4 | res5) and its output stride
-STAGES = tuple(STAGE_STRIDES)  # in order: a later stage runs every earlier one
-REGION_HEADS = ("res5", "pool")
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+# every allowed value once: the specs' fields use these, tests/test_specs.py holds them against the schema's enums
+Stage = Literal["layer3", "layer4"]  # in order: a later stage runs every earlier one
+RegionHead = Literal["res5", "pool"]
+Backbone = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+BoxSource = Literal["given", "detector"]
+TrunkPrecision = Literal["fp32", "bf16"]  # regions: the trunk's arithmetic (the box path is fp32 always)
+Kind = Literal["grid", "regions"]
+STAGES, REGION_HEADS, BACKBONES = get_args(Stage), get_args(RegionHead), get_args(Backbone)
+assert STAGES == tuple(STAGE_STRIDES)
 GRID = defaults("features", "grid")  # the config schema holds every default
 REGIONS = defaults("features", "regions")
 
 
+# ------------------------------------------------------------------------------------------ the config sections
+@dataclass
+class StoreSettings:
+    """``features`` keys an extraction job uses (``threads``, ``shards`` and ``format`` reach it as the job's own
+    flags and output name: changing them alone reruns nothing)."""
+
+    dtype: Literal["float16", "float32"] = setting("features", "dtype")
+    compression: Literal["none", "gzip", "lzf", "zstd"] = setting("features", "compression")
+    batch_size: int = setting("features", "batch_size")
+    num_workers: int = setting("features", "num_workers")
+    device: str = setting("features", "device")
+    on_error: Literal["fail", "skip"] = setting("features", "on_error")
+
+
+@dataclass
+class GridSettings:
+    """``features.grid``."""
+
+    SECTION: ClassVar = ("features", "grid")
+    # none | a torchvision weights name | a checkpoint path (the workflow resolves "pretrain" and fetched names)
+    weights: str = setting("features", "grid", "weights", required=True)
+    backbone: Backbone = setting("features", "grid", "backbone")
+    image_size: int = setting("features", "grid", "image_size")
+    grid_size: int = setting("features", "grid", "grid_size")
+    stage: Stage = setting("features", "grid", "stage")
+    seed: int = setting("features", "grid", "seed")
+
+
+@dataclass
+class RegionSettings:
+    """``features.regions`` (but ``boxes_json`` and ``weights_url``: the workflow's, for its rules)."""
+
+    SECTION: ClassVar = ("features", "regions")
+    NOT_IN_SPEC: ClassVar = ("boxes_json", "weights_url")
+    boxes: BoxSource = setting("features", "regions", "boxes", required=True)
+    weights: str = setting("features", "regions", "weights", required=True)
+    head: RegionHead = setting("features", "regions", "head")
+    backend: Literal["torchvision", "detectron2"] = setting("features", "regions", "backend")
+    precision: TrunkPrecision = setting("features", "regions", "precision")
+    detectron2_config: str = setting("features", "regions", "detectron2_config")
+    min_boxes: int = setting("features", "regions", "min_boxes")
+    conf_thresh: float = setting("features", "regions", "conf_thresh")
+    nms_thresh: float = setting("features", "regions", "nms_thresh")
+    pre_nms_top_n: int = setting("features", "regions", "pre_nms_top_n")
+    post_nms_top_n: int = setting("features", "regions", "post_nms_top_n")
+    backbone: Backbone = setting("features", "regions", "backbone")
+    min_size: int = setting("features", "regions", "min_size")
+    max_size: int = setting("features", "regions", "max_size")
+    max_boxes: int = setting("features", "regions", "max_boxes")
+    seed: int = setting("features", "regions", "seed")
+
+
+@dataclass
+class ExtractSpec:
+    """What an extraction job is given: how it stores, and its kind's section (``features.grid`` or
+    ``features.regions``, with ``weights`` resolved by the workflow: the pretrained trunk's or a fetched file's
+    path)."""
+
+    kind: Kind
+    store: StoreSettings
+    extractor: GridSettings | RegionSettings
+
+    @classmethod
+    def parse(cls, data, where: str = "--spec") -> ExtractSpec:
+        if not isinstance(data, dict) or set(data) != {"kind", "store", "extractor"}:
+            raise InputError(f"{where}: expected an object with kind, store and extractor")
+        check_choice(data["kind"], Kind, f"{where}.kind")
+        section = GridSettings if data["kind"] == "grid" else RegionSettings
+        return cls(data["kind"], parse(StoreSettings, data["store"], f"{where}.store"),
+                   parse(section, data["extractor"], f"{where}.extractor"))
+
+    @staticmethod
+    def json_from_config(config: dict, kind: str, weights: str) -> str:
+        """The spec of one kind's job, from the workflow's config (``weights`` resolved by the workflow)."""
+        section = GridSettings if kind == "grid" else RegionSettings
+        spec = {"kind": kind, "store": from_config(StoreSettings, config),
+                "extractor": from_config(section, config, weights=weights)}
+        return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass
+class PretrainSpec:
+    """``features.pretrain`` and the device: what the trunk pre-training job is given."""
+
+    SECTION: ClassVar = ("features", "pretrain")
+    backbone: Backbone = setting("features", "pretrain", "backbone")
+    stage: Stage = setting("features", "pretrain", "stage")  # the last stage trained
+    image_size: int = setting("features", "pretrain", "image_size")
+    epochs: int = setting("features", "pretrain", "epochs")
+    batch_size: int = setting("features", "pretrain", "batch_size")
+    lr: float = setting("features", "pretrain", "lr")
+    seed: int = setting("features", "pretrain", "seed")
+    precision: Precision = setting("features", "pretrain", "precision")
+    device: str = setting("features", "device")
+
+
+def check_choice(value, allowed, key: str) -> None:
+    """``value`` is one of a ``Literal``'s values (for dataclasses built from keyword arguments)."""
+    if value not in get_args(allowed):
+        raise InputError(f"{key} must be one of {', '.join(map(str, get_args(allowed)))}, not {value!r}")
+
+
+# ------------------------------------------------------------------------------------------ what is recorded
 @dataclass
 class ExtractorConfig:
-    kind: str  # grid | regions
-    backbone: str = GRID["backbone"]
+    kind: Kind  # grid | regions
+    backbone: Backbone = GRID["backbone"]
     weights: str = "none"  # none (random init) | a torchvision weights name (e.g. IMAGENET1K_V2) | a checkpoint path
     image_size: int = GRID["image_size"]  # grid: square input side
     grid_size: int = GRID["grid_size"]
-    stage: str = GRID["stage"]  # grid: the trunk's last stage
-    head: str = REGIONS["head"]  # given boxes: res5 on 14x14 RoIs (C4), or pool: RoIAlign on res4, averaged
+    stage: Stage = GRID["stage"]  # grid: the trunk's last stage
+    head: RegionHead = REGIONS["head"]  # given boxes: res5 on 14x14 RoIs (C4), or pool: RoIAlign on res4, averaged
     min_size: int = REGIONS["min_size"]  # regions: shorter side
     max_size: int = REGIONS["max_size"]  # regions: longer side cap
     max_boxes: int = REGIONS["max_boxes"]
-    boxes: str = "given"  # regions: given (boxes JSON) | detector (bottom-up Faster R-CNN)
+    boxes: BoxSource = "given"  # regions: given (boxes JSON) | detector (bottom-up Faster R-CNN)
     backend: str = REGIONS["backend"]  # detector: torchvision (built here) | detectron2 (optional install)
-    precision: str = REGIONS["precision"]  # regions: the trunk's arithmetic (fp32 | bf16); the box path is fp32
+    precision: TrunkPrecision = REGIONS["precision"]  # regions: the trunk's arithmetic; the box path is fp32
     detectron2_config: str = REGIONS["detectron2_config"]  # detector + detectron2: the model's config file
     min_boxes: int = REGIONS["min_boxes"]  # detector: BUTD rule
     conf_thresh: float = REGIONS["conf_thresh"]
@@ -43,18 +155,18 @@ class ExtractorConfig:
     seed: int = GRID["seed"]  # for weights: none
 
     def __post_init__(self):
-        if self.kind not in ("grid", "regions"):
-            raise InputError(f"kind must be grid or regions, not {self.kind!r}")
-        if self.boxes not in ("given", "detector"):
-            raise InputError(f"boxes must be given or detector, not {self.boxes!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise InputError(f"precision must be fp32 or bf16, not {self.precision!r}")
-        if self.stage not in STAGES:
-            raise InputError(f"stage must be one of {STAGES}, not {self.stage!r}")
-        if self.head not in REGION_HEADS:
-            raise InputError(f"head must be one of {REGION_HEADS}, not {self.head!r}")
-        if self.backbone not in BACKBONES:
-            raise InputError(f"backbone must be one of {BACKBONES}, not {self.backbone!r}")
+        check_choice(self.kind, Kind, "kind")
+        check_choice(self.boxes, BoxSource, "boxes")
+        check_choice(self.precision, TrunkPrecision, "precision")
+        check_choice(self.stage, Stage, "stage")
+        check_choice(self.head, RegionHead, "head")
+        check_choice(self.backbone, Backbone, "backbone")
+
+    @classmethod
+    def from_spec(cls, spec: ExtractSpec) -> ExtractorConfig:
+        """The recorded config of a job's spec (a grid job's region keys keep their defaults, and back)."""
+        known = {f.name for f in fields(cls)}
+        return cls(kind=spec.kind, **{k: v for k, v in vars(spec.extractor).items() if k in known})
 
 
 def extractor_module(kind: str, boxes: str = "given") -> str:

@@ -1,4 +1,4 @@
-"""``python -m features extract``: features of every image of the manifest (or of one shard of it) into a store.
+"""``python -m features job extract``: features of every image of the manifest (or of one shard of it) into a store.
 
 The kind of extractor comes from :func:`features.config.extractor_module` (grid: :mod:`features.grid`; regions from
 given boxes: :mod:`features.regions`; detected regions: :mod:`features.bottom_up`). Each implements the same small
@@ -16,7 +16,7 @@ import importlib
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +25,14 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from features.config import REGION_HEADS, STAGES, ExtractorConfig, extractor_module
+from features.config import ExtractorConfig, ExtractSpec, extractor_module
 from features.images import ImageError, load_rgb
 from features.store.writer import StoreWriter
 from pipeline.config import defaults
 from pipeline.device import pick_device
 from pipeline.errors import InputError
 from pipeline.manifest import read_manifest
+from pipeline.spec import load as load_spec
 
 STAGE = defaults("features")  # the config schema holds every default
 
@@ -159,63 +160,24 @@ def extract(manifest: str | Path, image_root: str | Path, out: str | Path, confi
 
 # ------------------------------------------------------------------------------------------------ command
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kind", choices=["grid", "regions"], required=True)
-    parser.add_argument("--manifest", required=True, help="image manifest JSON (python -m captioner image-manifest)")
+    parser.add_argument("--spec", required=True, help="the settings: JSON {kind, store, extractor} (inline or a file; "
+                                                      "see features.config.ExtractSpec)")
+    parser.add_argument("--manifest", required=True, help="image manifest JSON (python -m captioner job image-manifest)")
     parser.add_argument("--image-root", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--boxes", help="given-boxes JSON ({image_id: {boxes: [[x1,y1,x2,y2],...]}})")
-    config = {f.name: f.default for f in fields(ExtractorConfig) if f.name != "kind"}  # defaults: the schema's
-    parser.add_argument("--backbone", default=config["backbone"])
-    parser.add_argument("--weights", default=config["weights"])
-    parser.add_argument("--image-size", type=int, default=config["image_size"])
-    parser.add_argument("--grid-size", type=int, default=config["grid_size"])
-    parser.add_argument("--stage", choices=STAGES, default=config["stage"],
-                        help="grid: the trunk's last stage (layer3 = res4, stride 16)")
-    parser.add_argument("--head", choices=REGION_HEADS, default=config["head"],
-                        help="regions from given boxes: res5 on 14x14 RoIs, or res4 averaged over the box")
-    parser.add_argument("--min-size", type=int, default=config["min_size"])
-    parser.add_argument("--max-size", type=int, default=config["max_size"])
-    parser.add_argument("--max-boxes", type=int, default=config["max_boxes"])
-    parser.add_argument("--box-source", choices=["given", "detector"], default=config["boxes"],
-                        help="regions: pool --boxes, or detect with the bottom-up Faster R-CNN")
-    parser.add_argument("--backend", choices=["torchvision", "detectron2"], default=config["backend"],
-                        help="detector implementation (detectron2 is optional and installed separately)")
-    parser.add_argument("--detectron2-config", default=config["detectron2_config"],
-                        help="detectron2 backend: the model's config file")
-    parser.add_argument("--min-boxes", type=int, default=config["min_boxes"], help="detector: BUTD lower clamp")
-    parser.add_argument("--conf-thresh", type=float, default=config["conf_thresh"],
-                        help="detector: BUTD class-score threshold")
-    parser.add_argument("--nms-thresh", type=float, default=config["nms_thresh"], help="detector: BUTD per-class NMS IoU")
-    parser.add_argument("--pre-nms-top-n", type=int, default=config["pre_nms_top_n"],
-                        help="detector: RPN proposals before NMS")
-    parser.add_argument("--post-nms-top-n", type=int, default=config["post_nms_top_n"],
-                        help="detector: RPN proposals kept")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default=config["precision"],
-                        help="regions: the trunk's arithmetic; boxes, RoI pooling and the head stay fp32")
-    parser.add_argument("--seed", type=int, default=config["seed"], help="the seed of weights none")
-    options = {f.name: f.default for f in fields(RunOptions)}
-    parser.add_argument("--batch-size", type=int, default=options["batch_size"])
-    parser.add_argument("--num-workers", type=int, default=options["num_workers"])
     parser.add_argument("--threads", type=int, default=STAGE["threads"], help="torch CPU threads")
-    parser.add_argument("--device", default=options["device"])
-    parser.add_argument("--dtype", choices=["float16", "float32"], default=options["dtype"])
-    parser.add_argument("--compression", choices=["gzip", "lzf", "zstd"], default=options["compression"])
-    parser.add_argument("--on-error", choices=["fail", "skip"], default=options["on_error"])
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (smoke runs)")
     parser.add_argument("--shard", type=int, default=0, help="which contiguous slice of the images to extract")
     parser.add_argument("--num-shards", type=int, default=1)
 
 
 def run(args) -> None:
+    spec = ExtractSpec.parse(load_spec(args.spec))
     torch.set_num_threads(args.threads)
-    config = ExtractorConfig(kind=args.kind, backbone=args.backbone, weights=args.weights,
-                             image_size=args.image_size, grid_size=args.grid_size, stage=args.stage, head=args.head,
-                             min_size=args.min_size, max_size=args.max_size, max_boxes=args.max_boxes, seed=args.seed,
-                             boxes=args.box_source, min_boxes=args.min_boxes, conf_thresh=args.conf_thresh,
-                             nms_thresh=args.nms_thresh, pre_nms_top_n=args.pre_nms_top_n,
-                             post_nms_top_n=args.post_nms_top_n, backend=args.backend, precision=args.precision,
-                             detectron2_config=args.detectron2_config)
-    options = RunOptions(batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
-                         dtype=args.dtype, compression=args.compression, on_error=args.on_error, limit=args.limit)
-    extract(args.manifest, args.image_root, args.out, config, options, boxes_json=args.boxes,
-            shard=args.shard, num_shards=args.num_shards)
+    store = spec.store
+    options = RunOptions(batch_size=store.batch_size, num_workers=store.num_workers, device=store.device,
+                         dtype=store.dtype, compression=None if store.compression == "none" else store.compression,
+                         on_error=store.on_error, limit=args.limit)
+    extract(args.manifest, args.image_root, args.out, ExtractorConfig.from_spec(spec), options,
+            boxes_json=args.boxes, shard=args.shard, num_shards=args.num_shards)

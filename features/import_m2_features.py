@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="coco_detections.hdf5 in the M² reference layout")
     parser.add_argument("--out", required=True)
     parser.add_argument("--manifest", required=True, help="the images to import (every one must be present); "
-                                                          "python -m captioner image-manifest makes it")
+                                                          "python -m captioner job image-manifest makes it")
     parser.add_argument("--max-boxes", type=int, default=50, help="the M² reference reads at most 50 regions")
     parser.add_argument("--dtype", choices=["float16", "float32"], default=defaults("features")["dtype"])
 

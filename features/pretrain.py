@@ -28,13 +28,15 @@ from tqdm import tqdm
 
 from features.backbones import stage_channels, trunk
 from features.boxes import load_given_boxes
-from features.config import STAGE_STRIDES, STAGES
+from features.config import STAGE_STRIDES, PretrainSpec, Stage, check_choice
 from features.images import ImageError, load_rgb, to_tensor
 from pipeline.atomic import atomic_path, write_json
 from pipeline.config import defaults
 from pipeline.device import pick_device
 from pipeline.errors import InputError
 from pipeline.manifest import ManifestImage, read_manifest
+from pipeline.spec import Precision, parse
+from pipeline.spec import load as load_spec
 
 
 class PretrainError(InputError):
@@ -58,7 +60,7 @@ DEFAULTS = defaults("features", "pretrain")  # the config schema holds every def
 @dataclass
 class PretrainConfig:
     backbone: str = DEFAULTS["backbone"]
-    stage: str = DEFAULTS["stage"]  # the last stage trained (layer3: stride 16, for res4 grids and pooled regions)
+    stage: Stage = DEFAULTS["stage"]  # the last stage trained (layer3: stride 16, for res4 grids and pooled regions)
     image_size: int = DEFAULTS["image_size"]
     epochs: int = DEFAULTS["epochs"]
     batch_size: int = DEFAULTS["batch_size"]
@@ -66,21 +68,19 @@ class PretrainConfig:
     weight_decay: float = 1e-4
     background_weight: float = 0.2  # most cells are background; they still count, less
     seed: int = DEFAULTS["seed"]
-    precision: str = DEFAULTS["precision"]  # auto: bf16 autocast where the device has bf16 units, else fp32
+    precision: Precision = DEFAULTS["precision"]  # auto: bf16 autocast where the device has bf16 units, else fp32
     device: str = "auto"
     threads: int = 2
     num_workers: int = 0
 
     def __post_init__(self):
-        if self.stage not in STAGE_STRIDES:
-            raise InputError(f"stage must be one of {STAGES}, not {self.stage!r}")
+        check_choice(self.stage, Stage, "stage")
+        check_choice(self.precision, Precision, "precision")
         if self.image_size % self.stride:
             raise InputError(f"image_size must be a multiple of {self.stride} (the {self.stage} stride), "
                              f"not {self.image_size}")
         if min(self.epochs, self.batch_size) < 1 or self.lr <= 0 or not 0 <= self.background_weight <= 1:
             raise InputError("epochs and batch_size >= 1, lr > 0, 0 <= background_weight <= 1")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise InputError(f"precision must be auto, bf16 or fp32, not {self.precision!r}")
 
     @property
     def stride(self) -> int:
@@ -238,28 +238,19 @@ def pretrain(manifest: str | Path, image_root: str | Path, boxes_json: str | Pat
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", required=True, help="image manifest (python -m captioner image-manifest)")
+    parser.add_argument("--spec", required=True, help="the settings: JSON of features.pretrain and features.device "
+                                                      "(inline or a file; see features.config.PretrainSpec)")
+    parser.add_argument("--manifest", required=True, help="image manifest (python -m captioner job image-manifest)")
     parser.add_argument("--image-root", required=True)
     parser.add_argument("--boxes", required=True, help="JSON {image_id: {boxes: [[x1,y1,x2,y2],...], labels: [...]}}")
     parser.add_argument("--out", required=True, help="the trunk's state_dict (.pt)")
     parser.add_argument("--report", help="the JSON report (default: beside --out, .json)")
-    parser.add_argument("--backbone", default=DEFAULTS["backbone"])
-    parser.add_argument("--stage", choices=STAGES, default=DEFAULTS["stage"])
-    parser.add_argument("--image-size", type=int, default=DEFAULTS["image_size"])
-    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    parser.add_argument("--lr", type=float, default=DEFAULTS["lr"])
-    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=DEFAULTS["precision"])
-    parser.add_argument("--device", default=defaults("features")["device"])
     parser.add_argument("--threads", type=int, default=defaults("features")["threads"])
-    parser.add_argument("--num-workers", type=int, default=0)
 
 
 def run(args) -> None:
-    config = PretrainConfig(backbone=args.backbone, stage=args.stage, image_size=args.image_size, epochs=args.epochs,
-                            batch_size=args.batch_size, lr=args.lr, seed=args.seed, precision=args.precision,
-                            device=args.device, threads=args.threads, num_workers=args.num_workers)
+    spec = parse(PretrainSpec, load_spec(args.spec), "--spec")
+    config = PretrainConfig(**asdict(spec), threads=args.threads)
     report = pretrain(args.manifest, args.image_root, args.boxes, args.out, config, report_path=args.report,
                       log=lambda line: print(line, file=sys.stderr, flush=True))
     last = report["history"][-1]

@@ -1,7 +1,7 @@
 """Config defaults, read from their one home: the workflow's schema (``workflow/schemas/config.schema.yaml``).
 
-Snakemake fills these defaults in when it validates a config; the Python commands (``python -m features extract``,
-``python -m captioner train``, ...) read the same ones here for whatever their caller leaves out, so a default is
+Snakemake fills these defaults in when it validates a config; the Python commands (``python -m features job extract``,
+``python -m captioner job train``, ...) read the same ones here for whatever their caller leaves out, so a default is
 never written twice. Model-architecture defaults are the model dataclasses' own (see the schema's description).
 """
 

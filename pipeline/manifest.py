@@ -1,6 +1,6 @@
 """The image manifest: which images a run has (id, path relative to the image root, split).
 
-The data stage writes it from the Karpathy JSON (``python -m captioner image-manifest``); the feature stage reads
+The data stage writes it from the Karpathy JSON (``python -m captioner job image-manifest``); the feature stage reads
 it, so it never parses captions, and an edit of the caption code never touches the extracted features.
 
 Format (JSON): ``{"format": "image-manifest-v1", "images": [{"image_id": 9, "path": "val2014/x.jpg",
@@ -42,7 +42,7 @@ def read_manifest(path: str | Path) -> list[ManifestImage]:
         raise InputError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or not isinstance(data.get("images"), list):
         raise InputError(f"{path}: not an image manifest ({MANIFEST_FORMAT}); make it with "
-                         "`python -m captioner image-manifest`")
+                         "`python -m captioner job image-manifest`")
     images, seen = [], set()
     for index, entry in enumerate(data["images"]):
         try:

@@ -68,6 +68,7 @@ MIRRORS = {
     "captioner/evaluation/scoring.py": [("evaluate",)],
     "captioner/evaluation/tables.py": [("evaluate",)],
     "captioner/evaluation/attention_maps.py": [("evaluate",)],
+    "captioner/evaluation/specs.py": [("evaluate",), ("evaluate", "bootstrap"), ("evaluate", "significance"), ("train",)],
     "captioner/apps/caption.py": [("evaluate",), ("train",)],
 }
 
@@ -145,12 +146,12 @@ def test_a_config_of_required_keys_only_validates_plans_and_gets_the_defaults(tm
     result = snakemake(workdir, "-n", "-p", configfile="minimal.yaml")
     commands = result.stdout + result.stderr
     hparams = {}
-    for match in re.finditer(r"captioner train --model (\w+) .*?--hparams '(\{.*?\})'", commands):
+    for match in re.finditer(r"captioner job train --model (\w+) .*?--hparams '(\{.*?\})'", commands):
         hparams[match.group(1)] = json.loads(match.group(2))
     assert set(hparams) == set(minimal["models"])
     assert hparams["m2_scst"]["scst_epochs"] == defaults("m2")["scst_epochs"]
     assert hparams["sat_hard"]["lr"] == defaults("sat")["lr"] and hparams["m2_xe"]["lr"] == defaults("m2")["lr"]
-    assert f"--beam-size {defaults('evaluate')['beam_size']}" in commands
+    assert f'"beam_size":{defaults("evaluate")["beam_size"]}' in commands  # decode's spec
 
 
 @pytest.mark.slow

@@ -78,7 +78,7 @@ def test_a_broken_benchmark_file_is_named(benchmarks):
 
 def test_command_writes_both_tables_and_refuses_an_empty_folder(benchmarks, tmp_path):
     def command(folder):
-        return subprocess.run([sys.executable, "-m", "captioner", "costs", "--benchmarks", str(folder),
+        return subprocess.run([sys.executable, "-m", "captioner", "job", "costs", "--benchmarks", str(folder),
                                "--gpus", '{"decode": 1}', "--out-md", str(tmp_path / "costs.md"),
                                "--out-csv", str(tmp_path / "costs.csv")], capture_output=True, text=True)
 
@@ -156,7 +156,7 @@ def test_every_cli_command_logs_its_usage_line_when_the_workflow_asks(tmp_path):
     from pipeline import usage
 
     env = dict(os.environ, CAPTIONER_USAGE="1")
-    ok = subprocess.run([sys.executable, "-m", "captioner", "costs", "--benchmarks", str(tmp_path / "none"),
+    ok = subprocess.run([sys.executable, "-m", "captioner", "job", "costs", "--benchmarks", str(tmp_path / "none"),
                          "--out-md", str(tmp_path / "c.md"), "--out-csv", str(tmp_path / "c.csv")],
                         capture_output=True, text=True, env=env)
     assert ok.returncode == 1 and ok.stderr.startswith("error:")  # a failed command reports too

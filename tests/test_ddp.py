@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from captioner.models.checkpoint import load_checkpoint
 from captioner.training import distributed
@@ -54,7 +55,7 @@ def single_process(data: Path, out_dir: Path, hparams: dict, model: str, feature
 
 
 def torchrun_command(data: Path, out_dir: Path, hparams: dict, model: str, features: Path, init: Path | None = None):
-    command = train_command(data, out_dir, hparams, model, features)  # [python, -m, captioner, train, ...]
+    command = train_command(data, out_dir, hparams, model, features)  # [python, -m, captioner, job, train, ...]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
             *command[1:], "--threads", "1"] + (["--init", str(init)] if init else [])
 
@@ -187,7 +188,7 @@ def test_shards_split_a_batch_in_rank_order(size):
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
 
 
-# runs `python -m captioner train ...` in a torchrun worker, then writes the threads the worker has left to
+# runs `python -m captioner job train ...` in a torchrun worker, then writes the threads the worker has left to
 # THREADS_LEFT_FILE.rank<k> (a file each: two processes' stderr lines can interleave)
 THREADS_LEFT = """
 import os, sys
@@ -219,7 +220,7 @@ def test_two_process_training_ends_cleanly_every_time(caption_set, tmp_path):
         runs = []
         for i in range(start, min(start + 2, repeats)):
             command = torchrun_command(caption_set, tmp_path / f"run{i}", hparams, "sat_soft", caption_set / "grid.h5")
-            command[command.index("-m", 2):command.index("train")] = [str(script)]  # the script, then train ...
+            command[command.index("-m", 2):command.index("job")] = [str(script)]  # the script, then job train ...
             report = tmp_path / f"threads{i}"
             runs.append((tmp_path / f"run{i}", report, subprocess.Popen(
                 command, cwd=ROOT, env=dict(environment(), PYTHONPATH=str(ROOT), THREADS_LEFT_FILE=str(report)),
@@ -232,3 +233,16 @@ def test_two_process_training_ends_cleanly_every_time(caption_set, tmp_path):
                     or any("gloo" in line or not line.startswith("exit 0 ") for line in left)):
                 failures.append((out.name, process.returncode, left, stderr[-1500:]))
     assert not failures, failures
+
+
+def test_a_cuda_rank_joins_with_nccl_on_its_local_gpu(monkeypatch):
+    """The CUDA branch of joining the group, without a GPU: the calls into torch are recorded (an import inside the
+    function once made ``torch`` a local name there, so this branch raised UnboundLocalError on every GPU)."""
+    ddp = distributed
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
+    monkeypatch.setattr(ddp.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(ddp.dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw["rank"])))
+    device = ddp.init_process_group(ddp.Ranks(4, 3, 1), torch.device("cuda"))
+    assert device == torch.device("cuda", 1)
+    assert calls == [("set_device", torch.device("cuda", 1)), ("nccl", 3)]

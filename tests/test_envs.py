@@ -31,14 +31,14 @@ RULE_FILES = sorted((PROJECT / "workflow/rules").glob("*.smk"))
 PROJECT_PACKAGES = {"captioner", "features", "pipeline"}
 # not on any registry, so in no env: every use is behind features.detectron2_backend.status()
 OPTIONAL = {"detectron2"}
-COMMAND = re.compile(r"python -m (captioner|features) ([a-z0-9-]+)|\{params\.launch\} (captioner) (train)")
+COMMAND = re.compile(r"python -m (captioner|features) (?:job )?([a-z0-9-]+)|\{params\.launch\} (captioner) job (train)")
 RULE = re.compile(r"^\s*(?:use rule (\w+) as (\w+) with|rule (\w+)):", re.M)
 CONDA = re.compile(r'conda:\s*"\.\./\.\./(envs/[\w.]+)"')
 
 
 def cli_module(package: str, command: str) -> str:
     module = __import__(f"{package}.__main__", fromlist=["COMMANDS"])
-    return module.COMMANDS[command][0]
+    return {**module.COMMANDS, **module.JOBS}[command][0]
 
 
 @functools.cache

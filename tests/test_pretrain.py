@@ -35,10 +35,11 @@ def test_cell_targets_pick_the_smallest_box_holding_each_centre():
     assert wide.tolist() == [[5, 0, 0, 0], [5, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
 
 
-def pretrain_command(data: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "features", "pretrain", "--manifest", str(manifest_for(data / "dataset_coco.json")),
-            "--image-root", str(data), "--boxes", str(data / "boxes.json"), "--out", str(out), "--image-size", "64",
-            "--batch-size", "8", "--lr", "0.003", "--device", "cpu", "--precision", "fp32", *extra]
+def pretrain_command(data: Path, out: Path, epochs: int) -> list[str]:
+    spec = {"image_size": 64, "batch_size": 8, "lr": 0.003, "device": "cpu", "precision": "fp32", "epochs": epochs}
+    return [sys.executable, "-m", "features", "job", "pretrain", "--spec", json.dumps(spec), "--manifest",
+            str(manifest_for(data / "dataset_coco.json")), "--image-root", str(data), "--boxes", str(data / "boxes.json"),
+            "--out", str(out)]
 
 
 def test_pretrain_learns_from_training_boxes_only_and_loads_as_a_checkpoint(tmp_path):
@@ -49,7 +50,7 @@ def test_pretrain_learns_from_training_boxes_only_and_loads_as_a_checkpoint(tmp_
         if image["split"] == "test":
             (data / image["filepath"] / image["filename"]).unlink()
     out = tmp_path / "backbone.pt"
-    result = subprocess.run(pretrain_command(data, out, "--epochs", "4"), cwd=ROOT, capture_output=True, text=True,
+    result = subprocess.run(pretrain_command(data, out, 4), cwd=ROOT, capture_output=True, text=True,
                             timeout=600, check=False)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.with_suffix(".json").read_text())
@@ -75,7 +76,7 @@ def test_boxes_without_labels_are_a_clear_error(tmp_path):
     boxes = json.loads((data / "boxes.json").read_text())
     (data / "boxes.json").write_text(json.dumps({k: {"boxes": v["boxes"]} for k, v in boxes.items()}))
     out = tmp_path / "backbone.pt"
-    result = subprocess.run(pretrain_command(data, out, "--epochs", "1"), cwd=ROOT, capture_output=True, text=True,
+    result = subprocess.run(pretrain_command(data, out, 1), cwd=ROOT, capture_output=True, text=True,
                             timeout=300, check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error:") and "labels" in result.stderr

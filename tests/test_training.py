@@ -12,6 +12,7 @@ from captioner.models.sat import SATConfig, ShowAttendTell
 from captioner.training.reinforce import HardAttention
 from captioner.training.xe import CrossEntropy
 from pipeline.config import defaults
+from pipeline.errors import InputError
 
 
 @pytest.mark.parametrize("attention", ["soft", "hard"])
@@ -104,7 +105,7 @@ def test_scst_gradient_follows_the_reward():
 def test_bf16_precision_trains_on_the_cpu_close_to_fp32(caption_set, tmp_path):
     """``precision: bf16`` really autocasts on the CPU (losses differ from fp32 in the low digits) and trains
     as well: per-epoch losses within 2 % of the fp32 run, falling; an unknown precision is refused."""
-    from captioner.training.trainer import Trainer, TrainingError
+    from captioner.training.trainer import Trainer
     from tests.training_helpers import HPARAMS, losses
 
     def run(precision: str):
@@ -118,7 +119,7 @@ def test_bf16_precision_trains_on_the_cpu_close_to_fp32(caption_set, tmp_path):
     assert full != half
     assert np.allclose(half, full, rtol=0.02)
     assert half[-1] < half[0]
-    with pytest.raises(TrainingError, match="precision must be one of"):
+    with pytest.raises(InputError, match=r"--hparams.precision: 'fp16' is not one of 'auto', 'fp32', 'bf16'"):
         Trainer("sat_soft", str(caption_set / "grid.h5"), str(caption_set / "text/captions.json"),
                 str(caption_set / "text/vocab.json"), dict(HPARAMS, precision="fp16"), str(tmp_path / "x"),
                 device="cpu")
@@ -127,7 +128,7 @@ def test_bf16_precision_trains_on_the_cpu_close_to_fp32(caption_set, tmp_path):
 def test_by_image_batches_hold_whole_images_and_every_pair_once(caption_set, tmp_path):
     """``xe_batches: by_image``: each batch is whole images (all their captions), batch_size / captions-per-image
     images of them, every (image, caption) pair once an epoch, a new order each epoch; training on them learns."""
-    from captioner.training.trainer import Trainer, TrainingError
+    from captioner.training.trainer import Trainer
     from tests.training_helpers import HPARAMS, losses
 
     def trainer(out, **overrides):
@@ -149,7 +150,7 @@ def test_by_image_batches_hold_whole_images_and_every_pair_once(caption_set, tmp
     by_image.run()
     trace = losses(tmp_path / "by_image")
     assert trace[-1] < trace[0]
-    with pytest.raises(TrainingError, match="xe_batches must be one of"):
+    with pytest.raises(InputError, match=r"--hparams.xe_batches: 'grouped' is not one of"):
         trainer("bad", xe_batches="grouped")
 
 

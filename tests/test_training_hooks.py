@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import signal
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -126,6 +127,10 @@ def test_tensorboard_events_hold_every_step_and_epoch_once_across_a_crash_and_re
     with pytest.raises(KeyboardInterrupt):
         trainer(caption_set, out, hparams, hooks=[TensorBoardLog(), Crash(at_step=30)]).run()
     assert load_checkpoint(out / "last.pt")["step"] == 24  # the last save: epoch 1's end
+    # a resumed job starts seconds later, in another process; here, in this one, it must at least open its event file
+    # in a later second: TensorBoard reads a folder's files in name order, and a name is the second it was opened,
+    # then the process and a per-process counter (".10" sorts before ".9")
+    time.sleep(1.01 - time.time() % 1)
     trainer(caption_set, out, hparams).run()  # the default hooks: TensorBoard among them
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
@@ -181,6 +186,7 @@ def test_training_from_disk_reads_ahead_and_learns_exactly_what_it_learns_from_r
     ram = trainer(caption_set, tmp_path / "ram", dict(SAT, preload_features=True))
     ram.run()
     disk = trainer(caption_set, tmp_path / "disk", dict(SAT, preload_features=False))
+    disk._read_ahead = lambda: True  # whatever this machine's cores: the read-ahead path is the one under test
     reads = []
     original = disk.data.prefetch
     disk.data.prefetch = lambda plan: (reads.append(len(plan)), original(plan))
@@ -189,3 +195,23 @@ def test_training_from_disk_reads_ahead_and_learns_exactly_what_it_learns_from_r
     assert losses(tmp_path / "disk") == losses(tmp_path / "ram")
     for key, value in load_checkpoint(tmp_path / "ram/checkpoint.pt")["state_dict"].items():
         assert torch.equal(load_checkpoint(tmp_path / "disk/checkpoint.pt")["state_dict"][key], value)
+
+
+def test_batches_are_read_ahead_where_the_host_has_time_to_spare(caption_set, tmp_path, monkeypatch):
+    """A GPU computing the steps, or a CPU core left free by torch's threads; never for a store in RAM."""
+    import os
+
+    run = trainer(caption_set, tmp_path / "rule", dict(SAT, preload_features=False))
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+        torch.set_num_threads(2)
+        assert run._read_ahead()  # 2 of 4 cores compute
+        torch.set_num_threads(4)
+        assert not run._read_ahead()  # every core computes: the reads would only move to another thread
+        run.device = torch.device("cuda")  # (only asked, nothing runs on it)
+        assert run._read_ahead()
+        run.recipe.preload_features = True
+        assert not run._read_ahead()
+    finally:
+        torch.set_num_threads(threads)

@@ -259,7 +259,7 @@ def test_multi_gpu_training_jobs_run_the_signal_safe_torchrun_launcher(tmp_path)
     workdir = copy_workflow(tmp_path / "project")
     edit_config(workdir, lambda c: c["train"].__setitem__("gpus_per_job", {"sat": 2, "m2": 1}))
     commands = snakemake(workdir, "-n", "-p", "--resources", "gpu=2", "--forceall").stdout
-    trains = [line for line in commands.splitlines() if " captioner train --model " in line]
+    trains = [line for line in commands.splitlines() if " captioner job train --model " in line]
     launched = [line for line in trains if "-m captioner.training.launch --standalone --nproc-per-node 2 -m " in line]
     assert trains and {line.split("--model ")[1].split()[0] for line in launched} == {"sat_soft", "sat_hard",
                                                                                       "sat_soft_blind"}

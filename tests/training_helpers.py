@@ -38,7 +38,7 @@ def make_caption_set(root: Path) -> Path:
 
 def train_command(data: Path, out_dir: Path, hparams: dict, model: str = "sat_soft",
                   features: Path | None = None) -> list[str]:
-    return [sys.executable, "-m", "captioner", "train", "--model", model, "--features",
+    return [sys.executable, "-m", "captioner", "job", "train", "--model", model, "--features",
             str(features or data / "grid.h5"), "--captions", str(data / "text/captions.json"), "--vocab",
             str(data / "text/vocab.json"), "--hparams", json.dumps(hparams), "--out-dir", str(out_dir),
             "--device", "cpu"]

@@ -1,4 +1,4 @@
-"""``regions.backend: detectron2`` for real: a standard detectron2 C4 model through ``python -m features extract``.
+"""``regions.backend: detectron2`` for real: a standard detectron2 C4 model through ``python -m features job extract``.
 
 Needs a detectron2 checkout kept *outside* this repository (v0.2.1, be792b9, is what MILVLG pins; --detectron2),
 imported without compiled ops by :mod:`benchmarks.reference.detectron2_shim`, and a Python with detectron2's pure-Python
@@ -9,8 +9,8 @@ dependencies (see ``benchmarks/reference/compare_milvlg.py``).
    and class biases that make the background column recognisable: background +2, "person" (class 0) +4, the other
    79 classes 0, so a misplaced background column would show (it would rank as an object class, "person" would
    vanish as if it were the background).
-2. Save the weights as a .pth, run ``python -m features extract --kind regions --box-source detector --backend
-   detectron2`` (in this process, so the shim applies) on synthetic images, read the store back.
+2. Save the weights as a .pth, run ``python -m features job extract`` (regions, boxes: detector, backend:
+   detectron2; in this process, so the shim applies) on synthetic images, read the store back.
 3. Check each image against detectron2's own inference of the same model and input (``model.inference`` with
    SCORE_THRESH_TEST 0): the best region's score and class must be its best detection's (its top-scoring
    detection always survives its NMS; its scores are the same softmax columns without the background).
@@ -19,6 +19,7 @@ dependencies (see ``benchmarks/reference/compare_milvlg.py``).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -92,14 +93,15 @@ def main() -> None:
         write_manifest(tmp / "manifest.json", records)
         store = tmp / "regions.h5"
         started = time.perf_counter()
-        code = features_cli.main(["extract", "--kind", "regions", "--box-source", "detector", "--backend", "detectron2",
-                                  "--detectron2-config", config_file, "--weights", str(weights),
-                                  "--manifest", str(tmp / "manifest.json"), "--image-root", str(images),
-                                  "--out", str(store), "--num-workers", "0", "--batch-size", "1", "--device", "cpu",
-                                  "--threads", str(args.threads), "--dtype", "float32"])
+        spec = {"kind": "regions",
+                "store": {"num_workers": 0, "batch_size": 1, "device": "cpu", "dtype": "float32"},
+                "extractor": {"boxes": "detector", "backend": "detectron2", "detectron2_config": config_file,
+                              "weights": str(weights)}}
+        code = features_cli.main(["job", "extract", "--spec", json.dumps(spec), "--manifest", str(tmp / "manifest.json"),
+                                  "--image-root", str(images), "--out", str(store), "--threads", str(args.threads)])
         wall = time.perf_counter() - started
         if code:
-            raise SystemExit(f"python -m features extract failed ({code})")
+            raise SystemExit(f"python -m features job extract failed ({code})")
         found = FeatureStore(store)
         data = found.gather(found.image_ids)
         meta = found.meta
@@ -131,7 +133,7 @@ def main() -> None:
             print(rows[-1], file=sys.stderr)
 
     lines = [
-        f"`python -m features extract --kind regions --box-source detector --backend detectron2` in-process on "
+        f"`python -m features job extract` (regions, boxes: detector, backend: detectron2) in-process on "
         f"{len(records)} synthetic PNGs, detectron2 v0.2.1 from a checkout (compiled ops stubbed by "
         f"`benchmarks/reference/detectron2_shim.py`), `{args.config}`, CPU fp32, {args.threads} threads, regions defaults "
         "(600/1000, RPN 6000 -> 300, NMS 0.3, conf 0.2, 10-100 boxes); random weights (seed "

@@ -58,7 +58,7 @@ def caption_images(model_path: str, inputs: list[str], beam_size: int, max_lengt
     recorded = (bundle.checkpoint.get("features") or {}).get("extractor")
     if not recorded or "kind" not in recorded:
         raise CheckpointError(f"{model_path}: no extractor settings recorded (imported weights?); extract features "
-                              "with `python -m features extract` and decode them instead")
+                              "with `python -m features job extract` and decode them instead")
     config = ExtractorConfig(**recorded)
     paths = image_paths(inputs)
     boxes = None

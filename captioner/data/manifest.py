@@ -1,4 +1,4 @@
-"""``python -m captioner image-manifest``: the image list of a Karpathy JSON (id, path, split) for the feature stage.
+"""``python -m captioner job image-manifest``: the image list of a Karpathy JSON (id, path, split) for the feature stage.
 
 A separate job from text preparation: editing the caption code re-prepares the text, never the features.
 """

@@ -1,6 +1,6 @@
 """nocaps (Agrawal et al. 2019): the official annotation files, read into the evaluation set the DAG decodes and scores.
 
-``python -m captioner prepare-nocaps`` turns ``nocaps_val_4500_captions.json`` (or the test split's image info) into
+``python -m captioner job prepare-nocaps`` turns ``nocaps_val_4500_captions.json`` (or the test split's image info) into
 ``text/nocaps.json`` (per image: id, path, domain, reference captions) and an image manifest for the feature stage.
 
 The official format is COCO-API style: ``images[]`` with ``id``, ``open_images_id``, ``file_name``, ``coco_url``,

@@ -1,4 +1,4 @@
-"""``python -m captioner nocaps-images``: fetch the nocaps images from their per-image URLs (``coco_url``).
+"""``python -m captioner job nocaps-images``: fetch the nocaps images from their per-image URLs (``coco_url``).
 
 At most ``--workers`` transfers at once, each retried with back-off (:func:`pipeline.download.fetch_many`). Images
 go to a hidden staging folder beside ``--out`` and the folder is renamed to ``--out`` once complete, so a killed or

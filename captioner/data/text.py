@@ -1,4 +1,4 @@
-"""``python -m captioner prepare-text``: the vocabulary of the training captions and every split encoded, into
+"""``python -m captioner job prepare-text``: the vocabulary of the training captions and every split encoded, into
 ``vocab.json`` and ``captions.json`` (what training, decoding and scoring read)."""
 
 from __future__ import annotations

@@ -14,12 +14,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from captioner.data.vocab import load_captions
+from captioner.evaluation.specs import AttentionSpec
 from captioner.models.beam_search import beam_search
 from captioner.models.checkpoint import load_for_inference
 from features.store.reader import FeatureStore
 from pipeline.atomic import atomic_path
 from pipeline.config import defaults
 from pipeline.errors import InputError
+from pipeline.spec import load as load_spec
+from pipeline.spec import parse
 
 
 def attention_figure(image: Image.Image, words: list[str], alphas: np.ndarray, out: Path, title: str) -> None:
@@ -81,19 +84,16 @@ def render(checkpoint: str, features: str, captions: str, image_root: str, split
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spec", required=True, help="the settings: JSON (inline or a file) of AttentionSpec (captioner/evaluation/specs.py)")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--features", required=True)
     parser.add_argument("--captions", required=True)
     parser.add_argument("--image-root", required=True)
-    evaluate = defaults("evaluate")
-    parser.add_argument("--split", default=evaluate["split"])
-    parser.add_argument("--beam-size", type=int, default=evaluate["beam_size"])
-    parser.add_argument("--max-length", type=int, default=evaluate["max_length"])
     parser.add_argument("--threads", type=int, default=defaults("train")["threads"])
     parser.add_argument("--out", nargs="+", required=True, help="one PNG per image: the first len(out) images")
 
-
 def run(args) -> None:
+    spec = parse(AttentionSpec, load_spec(args.spec), "--spec")
     torch.set_num_threads(args.threads)
-    render(args.checkpoint, args.features, args.captions, args.image_root, args.split, len(args.out), args.beam_size,
-           args.max_length, args.out)
+    render(args.checkpoint, args.features, args.captions, args.image_root, spec.split, len(args.out), spec.beam_size,
+           spec.max_length, args.out)

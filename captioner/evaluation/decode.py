@@ -1,4 +1,4 @@
-"""``python -m captioner decode``: beam-search one split with a trained model into COCO-format predictions and a
+"""``python -m captioner job decode``: beam-search one split with a trained model into COCO-format predictions and a
 per-image beams file (caption, beam log-probability)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from captioner.data.vocab import load_captions
+from captioner.evaluation.specs import DecodeSpec
 from captioner.models.beam_search import beam_search, collapse_repeats
 from captioner.models.checkpoint import load_for_inference
 from captioner.models.decoding import decode_batches
@@ -18,44 +19,40 @@ from pipeline.atomic import write_json
 from pipeline.config import defaults
 from pipeline.device import pick_device
 from pipeline.errors import InputError
+from pipeline.spec import load as load_spec
+from pipeline.spec import parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spec", required=True, help="the settings: JSON (inline or a file) of DecodeSpec (captioner/evaluation/specs.py)")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--features", required=True)
     parser.add_argument("--captions", required=True)
-    evaluate = defaults("evaluate")
-    parser.add_argument("--split", default=evaluate["split"])
-    parser.add_argument("--beam-size", type=int, default=evaluate["beam_size"])
-    parser.add_argument("--max-length", type=int, default=evaluate["max_length"])
-    parser.add_argument("--batch-size", type=int, default=evaluate["batch_size"])
-    parser.add_argument("--length-normalization", type=float, default=evaluate["length_normalization"],
-                        help="rank finished beams by logprob / length**a (0: plain sum)")
+    parser.add_argument("--split", default=defaults("evaluate")["split"], help="the captions file's split to decode")
     parser.add_argument("--out", required=True, help="predictions JSON (COCO results format)")
     parser.add_argument("--beams-out", help="also write the beams JSON here: per image the caption, its log-probability "
                                             "and ranking score, with the model, epoch and beam size")
     parser.add_argument("--threads", type=int, default=defaults("train")["threads"])
-    parser.add_argument("--device", default=defaults("train")["device"])
-
 
 def run(args) -> None:
+    spec = parse(DecodeSpec, load_spec(args.spec), "--spec")
     torch.set_num_threads(args.threads)
-    if args.beam_size < 1 or args.max_length < 1:
+    if spec.beam_size < 1 or spec.max_length < 1:
         raise InputError("beam size and max length must be >= 1")
-    bundle = load_for_inference(args.checkpoint, pick_device(args.device))
+    bundle = load_for_inference(args.checkpoint, pick_device(spec.device))
     store = FeatureStore(args.features)  # the split is read once, batch by batch: no need to hold the store in RAM
     images = load_captions(args.captions)["splits"][args.split]
     ids = [item["image_id"] for item in images]
     store.check_ids(ids)
     def search(state, step, count):
-        return beam_search(state, step, count, args.beam_size, args.max_length, bundle.vocab.bos_id,
-                           bundle.vocab.eos_id, bundle.vocab.pad_id, length_normalization=args.length_normalization)
+        return beam_search(state, step, count, spec.beam_size, spec.max_length, bundle.vocab.bos_id,
+                           bundle.vocab.eos_id, bundle.vocab.pad_id, length_normalization=spec.length_normalization)
 
     predictions, beams = [], []
     with torch.inference_mode(), tqdm(total=len(ids), unit="img", desc=f"{bundle.name} {args.split} beam search",
                                       file=sys.stderr, mininterval=10) as progress:
         for batch_ids, result in decode_batches(bundle.model, lambda batch: bundle.inputs(store.gather(batch)), ids,
-                                                args.batch_size, search):
+                                                spec.batch_size, search):
             for i, image_id in enumerate(batch_ids):
                 words = bundle.vocab.decode(result.tokens[i, 0].tolist()).split()
                 if bundle.collapse_repeats:
@@ -67,7 +64,7 @@ def run(args) -> None:
             progress.update(len(batch_ids))
     write_json(args.out, predictions)
     if args.beams_out:
-        write_json(args.beams_out, {"model": bundle.name, "epoch": bundle.epoch, "beam_size": args.beam_size,
-                                    "max_length": args.max_length, "split": args.split, "images": beams})
-    print(f"decoded {len(predictions)} {args.split} images with {bundle.name} (beam {args.beam_size}) -> {args.out}",
+        write_json(args.beams_out, {"model": bundle.name, "epoch": bundle.epoch, "beam_size": spec.beam_size,
+                                    "max_length": spec.max_length, "split": args.split, "images": beams})
+    print(f"decoded {len(predictions)} {args.split} images with {bundle.name} (beam {spec.beam_size}) -> {args.out}",
           file=sys.stderr)

@@ -1,4 +1,4 @@
-"""``python -m captioner score-nocaps``: a model's nocaps validation captions scored per domain.
+"""``python -m captioner job score-nocaps``: a model's nocaps validation captions scored per domain.
 
 In-domain, near-domain, out-domain and the entire set are four independent pycocoevalcap runs, each over its own
 images only, so CIDEr-D's document frequencies (and its log of the reference count) come from the subset scored.
@@ -17,9 +17,11 @@ import sys
 
 from captioner.data.nocaps import DOMAINS, SPLIT
 from captioner.evaluation.scoring import MeteorProcess, check_metrics, score_tokenized, tokenize_for_scoring
+from captioner.evaluation.specs import ScoreSpec
 from pipeline.atomic import write_json
-from pipeline.config import defaults
 from pipeline.errors import InputError
+from pipeline.spec import load as load_spec
+from pipeline.spec import parse
 
 SUBSETS = (*DOMAINS, "entire")
 DOCUMENT_FREQUENCIES = ("per subset: each of in-domain, near-domain, out-domain and entire is scored on its own "
@@ -49,12 +51,11 @@ def score_by_domain(predictions: dict[int, str], items: list[dict], metrics) -> 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spec", required=True, help="the settings: JSON (inline or a file) of ScoreSpec (captioner/evaluation/specs.py)")
     parser.add_argument("--predictions", required=True, help="the model's captions of the nocaps images")
     parser.add_argument("--beams", help="the decode's beams JSON: model, epoch and beam size go into the scores")
-    parser.add_argument("--nocaps", required=True, help="the evaluation set (text/nocaps.json, prepare-nocaps)")
-    parser.add_argument("--metrics", default=",".join(defaults("evaluate")["metrics"]))
+    parser.add_argument("--nocaps", required=True, help="the evaluation set (text/nocaps.json, job prepare-nocaps)")
     parser.add_argument("--out", required=True)
-
 
 def run(args) -> None:
     with open(args.predictions, encoding="utf-8") as handle:
@@ -64,7 +65,7 @@ def run(args) -> None:
     if nocaps.get("nocaps_split") != "val":
         raise InputError(f"{args.nocaps}: the nocaps {nocaps.get('nocaps_split')} split has no captions to score "
                          "against; submit the predictions to the EvalAI server instead")
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    metrics = parse(ScoreSpec, load_spec(args.spec), "--spec").metrics
     scores = score_by_domain(predictions, nocaps["splits"][SPLIT], metrics)
     if args.beams:
         with open(args.beams, encoding="utf-8") as handle:

@@ -1,4 +1,4 @@
-"""``python -m captioner nocaps-tables``: the nocaps table, one row per model and a column group per domain.
+"""``python -m captioner job nocaps-tables``: the nocaps table, one row per model and a column group per domain.
 
 ``nocaps.csv`` holds every metric of every subset (columns ``<subset> <metric>``); ``nocaps.md`` leads with CIDEr-D
 and SPICE per domain, the figures nocaps papers report, then one full table per subset.

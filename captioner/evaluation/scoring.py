@@ -19,8 +19,11 @@ import tempfile
 import unicodedata
 from pathlib import Path
 
+from captioner.evaluation.specs import ScoreSpec
 from pipeline.config import defaults
 from pipeline.errors import InputError, MissingKeyError, PipelineError
+from pipeline.spec import load as load_spec
+from pipeline.spec import parse
 
 PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",
                "...", ";"}
@@ -191,13 +194,12 @@ def score_tokenized(gts: dict, res: dict, metrics=METRICS, meteor=None) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spec", required=True, help="the settings: JSON (inline or a file) of ScoreSpec (captioner/evaluation/specs.py)")
     parser.add_argument("--predictions", required=True)
     parser.add_argument("--beams", help="the decode's beams JSON: model, epoch and beam size go into the scores")
     parser.add_argument("--captions", required=True)
-    parser.add_argument("--split", default=defaults("evaluate")["split"])
-    parser.add_argument("--metrics", default=",".join(defaults("evaluate")["metrics"]))
+    parser.add_argument("--split", default=defaults("evaluate")["split"], help="the split the predictions are of")
     parser.add_argument("--out", required=True)
-
 
 def run(args) -> None:
     from captioner.data.vocab import load_captions
@@ -207,7 +209,7 @@ def run(args) -> None:
         predictions = {int(p["image_id"]): p["caption"] for p in json.load(handle)}
     images = load_captions(args.captions)["splits"][args.split]
     references = {int(image["image_id"]): image["refs"] for image in images}
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    metrics = parse(ScoreSpec, load_spec(args.spec), "--spec").metrics
     scores = score_captions(predictions, references, metrics)
     info = {}
     if args.beams:

@@ -1,4 +1,4 @@
-"""``python -m captioner significance``: paired tests between models scored on the same images.
+"""``python -m captioner job significance``: paired tests between models scored on the same images.
 
 For each pair (a, b) and metric: a's and b's corpus scores, the difference a - b with its paired-bootstrap interval
 (both systems resampled with the same images), the ratio a / b with its interval (how many times its blind baseline a
@@ -14,11 +14,13 @@ import sys
 
 import numpy as np
 
+from captioner.evaluation.specs import SignificanceSpec
 from captioner.evaluation.statistics import paired_test, per_image_arrays
 from captioner.evaluation.tables import COLUMNS, runs_by_model
 from pipeline.atomic import write_json, write_text
-from pipeline.config import defaults
 from pipeline.errors import InputError
+from pipeline.spec import load as load_spec
+from pipeline.spec import parse
 
 # METEOR's corpus score is aggregated inside its Java code: the paired tests resample and swap per-image METEOR,
 # so its row is the mean of per-image scores, a different number from the results table's METEOR (on the demo
@@ -92,31 +94,25 @@ def to_markdown(results: list[dict], confidence: float, trials: int, resamples: 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spec", required=True, help="the settings: JSON (inline or a file) of SignificanceSpec (captioner/evaluation/specs.py)")
     parser.add_argument("--scores", nargs="+", required=True, help="score files (the model name is read from each)")
-    parser.add_argument("--pairs", nargs="*", default=[], metavar="A:B",
-                        help="model pairs to test (default: blind baselines, m2_scst:m2_xe, sat_hard:sat_soft)")
     parser.add_argument("--out-md", required=True)
     parser.add_argument("--out-json", required=True)
-    bootstrap, significance = defaults("evaluate", "bootstrap"), defaults("evaluate", "significance")
-    parser.add_argument("--trials", type=int, default=significance["trials"])
-    parser.add_argument("--resamples", type=int, default=bootstrap["resamples"])
-    parser.add_argument("--confidence", type=float, default=bootstrap["confidence"])
-    parser.add_argument("--seed", type=int, default=bootstrap["seed"])
-
 
 def run(args) -> None:
     by_model = {model: [scores for _, scores in runs] for model, runs in runs_by_model(args.scores).items()}
-    pairs = [tuple(p.split(":", 1)) for p in args.pairs] or default_pairs(list(by_model))
+    spec = parse(SignificanceSpec, load_spec(args.spec), "--spec")
+    pairs = [tuple(pair) for pair in spec.pairs] or default_pairs(list(by_model))
     results = []
     for a, b in pairs:
         missing = [m for m in (a, b) if m not in by_model]
         if missing:
             raise InputError(f"significance pair {a}:{b}: no score file for {missing[0]} (models: {sorted(by_model)})")
-        metrics = compare(by_model[a], by_model[b], args.resamples, args.trials, args.seed, args.confidence)
+        metrics = compare(by_model[a], by_model[b], spec.resamples, spec.trials, spec.seed, spec.confidence)
         results.append({"a": a, "b": b, "images": len(by_model[a][0]["per_image"]),
                         "seeds": [len(by_model[a]), len(by_model[b])], "metrics": metrics})
-    write_json(args.out_json, {"test": TEST_NAME, "statistics": STATISTIC, "trials": args.trials, "resamples": args.resamples,
-                               "confidence": args.confidence, "pairs": results})
-    markdown = to_markdown(results, args.confidence, args.trials, args.resamples)
+    write_json(args.out_json, {"test": TEST_NAME, "statistics": STATISTIC, "trials": spec.trials, "resamples": spec.resamples,
+                               "confidence": spec.confidence, "pairs": results})
+    markdown = to_markdown(results, spec.confidence, spec.trials, spec.resamples)
     write_text(args.out_md, markdown)
     print(markdown, file=sys.stderr)

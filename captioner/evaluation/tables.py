@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from captioner.evaluation.specs import TablesSpec
 from pipeline.atomic import write_text
-from pipeline.config import defaults
+from pipeline.spec import load as load_spec
+from pipeline.spec import parse
 
 COLUMNS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "SPICE")
 
@@ -165,32 +167,27 @@ def samples_markdown(prediction_files: list[str | Path], captions: dict, split: 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spec", required=True, help="the settings: JSON (inline or a file) of TablesSpec (captioner/evaluation/specs.py)")
     parser.add_argument("--scores", nargs="+", required=True)
     parser.add_argument("--out-csv", required=True)
     parser.add_argument("--out-md", required=True)
     parser.add_argument("--title", default="")
-    parser.add_argument("--published", action="store_true", help="add the papers' published COCO rows")
     parser.add_argument("--predictions", nargs="*", default=[], help="prediction files for samples.md")
     parser.add_argument("--captions", help="captions.json (references for samples.md)")
-    parser.add_argument("--split", default=defaults("evaluate")["split"])
     parser.add_argument("--samples", type=int, default=5)
     parser.add_argument("--out-samples", help="samples.md: a few images with every model's caption")
-    bootstrap = defaults("evaluate", "bootstrap")
-    parser.add_argument("--resamples", type=int, default=bootstrap["resamples"], help="bootstrap resamples (0: none)")
-    parser.add_argument("--confidence", type=float, default=bootstrap["confidence"])
-    parser.add_argument("--bootstrap-seed", type=int, default=bootstrap["seed"])
-
 
 def run(args) -> None:
-    bootstrap = {"resamples": args.resamples, "confidence": args.confidence, "seed": args.bootstrap_seed}
-    rows = build_rows(args.scores, bootstrap if args.resamples else None)
-    if args.published:
+    spec = parse(TablesSpec, load_spec(args.spec), "--spec")
+    bootstrap = {"resamples": spec.resamples, "confidence": spec.confidence, "seed": spec.seed}
+    rows = build_rows(args.scores, bootstrap if spec.resamples else None)
+    if spec.published_rows:
         rows += published_rows()
     write_text(args.out_csv, to_csv(rows))
-    write_text(args.out_md, to_markdown(rows, args.title, args.confidence))
+    write_text(args.out_md, to_markdown(rows, args.title, spec.confidence))
     if args.out_samples:
         from captioner.data.vocab import load_captions
 
-        write_text(args.out_samples, samples_markdown(args.predictions, load_captions(args.captions), args.split,
+        write_text(args.out_samples, samples_markdown(args.predictions, load_captions(args.captions), spec.split,
                                                       args.samples))
-    print(to_markdown(rows, args.title, args.confidence), file=sys.stderr)
+    print(to_markdown(rows, args.title, spec.confidence), file=sys.stderr)

@@ -26,6 +26,11 @@ class Variant:
     init_from: str | None = None  # the variant whose best weights it starts from
 
 
+# each objective's global batch (split across data-parallel processes): the recipe key the trainer divides among
+# ranks and the workflow checks against train.gpus_per_job
+GLOBAL_BATCH_KEY = {"xe": "batch_size", "reinforce": "batch_size", "scst": "scst_batch_images"}
+
+
 @dataclass(frozen=True)
 class Family:
     module: str
@@ -69,6 +74,11 @@ class ModelName:
     @property
     def objective(self) -> str:
         return self.spec.variants[self.variant].objective
+
+    @property
+    def batch_key(self) -> str:
+        """The recipe key of this model's global batch (GLOBAL_BATCH_KEY)."""
+        return GLOBAL_BATCH_KEY[self.objective]
 
     @property
     def features(self) -> str:

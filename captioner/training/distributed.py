@@ -8,6 +8,7 @@ returns its input, so single-process training runs exactly the code it ran befor
 from __future__ import annotations
 
 import gc
+import importlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -56,7 +57,7 @@ def init_process_group(ranks: Ranks, device: torch.device) -> torch.device:
         # torch.distributed.nn takes the default group as a default argument value when it is first imported; first
         # imported after the group exists (DDP imports torch._dynamo, which imports it), it would hold the group
         # for the life of the process, and gloo would tear it down while the interpreter exits (see shutdown)
-        import torch.distributed.nn  # noqa: F401
+        importlib.import_module("torch.distributed.nn")  # (an import statement here would make `torch` local)
 
         dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world_size, timeout=COLLECTIVE_TIMEOUT)
     return device

@@ -1,4 +1,4 @@
-"""``python -m captioner.training.launch [torchrun options] -m captioner train ...``: torchrun for multi-GPU training
+"""``python -m captioner.training.launch [torchrun options] -m captioner job train ...``: torchrun for multi-GPU training
 jobs, made safe for a scheduler's stop signals.
 
 SLURM (the warning before a time limit, a preemption, ``scancel --signal``) and a terminal send SIGTERM or SIGUSR1 to

@@ -30,7 +30,6 @@ class Step:
 
 class Objective(torch.nn.Module):
     epochs_key = "epochs"  # the hyper-parameters this objective trains with
-    batch_key = "batch_size"  # the global batch (split across data-parallel processes)
     validate_start = False  # validate the initial weights as epoch 0: the bar training has to beat
 
     def __init__(self, model: torch.nn.Module, data: TrainData, hp: dict):

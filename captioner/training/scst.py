@@ -23,7 +23,6 @@ def scst_loss(token_logprobs: torch.Tensor, rewards: torch.Tensor) -> torch.Tens
 
 class SelfCritical(Objective):
     epochs_key = "scst_epochs"
-    batch_key = "scst_batch_images"
     validate_start = True  # the cross-entropy weights are the starting point and the bar to beat
 
     def __init__(self, model, data, hp):

@@ -1,4 +1,4 @@
-"""``python -m captioner train``: train one model on cached features with the objective the registry names for it
+"""``python -m captioner job train``: train one model on cached features with the objective the registry names for it
 (cross-entropy, hard-attention REINFORCE, or self-critical training started from the best cross-entropy weights).
 
 The loop is model-agnostic (the model contract: ``captioner/models/__init__.py``; the objective contract:
@@ -26,6 +26,7 @@ import argparse
 import importlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -43,6 +44,7 @@ from captioner.training.ema import WeightAverage
 from captioner.training.hooks import Hook, Hooks
 from captioner.training.metrics import write_metrics
 from captioner.training.objective import Objective
+from captioner.training.recipes import parse_recipe
 from captioner.training.preemption import (
     EXIT_INTERRUPTED,
     SaveClock,
@@ -59,8 +61,6 @@ from pipeline.config import defaults
 from pipeline.device import pick_device
 from pipeline.errors import InputError
 
-PRECISIONS = ("auto", "fp32", "bf16")
-XE_BATCHES = ("shuffled_pairs", "by_image")
 
 
 def merged_hparams(name: ModelName, hparams: dict) -> dict:
@@ -84,23 +84,20 @@ class Trainer:
         """``out_dir`` holds ``last.pt`` and, unless ``outputs`` names them (keys checkpoint, metrics, curve),
         ``checkpoint.pt``, ``metrics.csv`` and ``curve.png``. ``hooks``: default :func:`default_hooks`."""
         self.name = ModelName.parse(name)
-        self.hp = merged_hparams(self.name, hparams)
-        if self.hp["precision"] not in PRECISIONS:
-            raise TrainingError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.hp['precision']!r}")
-        if self.hp["xe_batches"] not in XE_BATCHES:
-            raise TrainingError(f"xe_batches must be one of {', '.join(XE_BATCHES)}, not {self.hp['xe_batches']!r}")
+        self.hp = merged_hparams(self.name, hparams)  # as given: recorded in the checkpoints, read by the objective
+        self.recipe = parse_recipe(self.name.family, self.hp)  # typed: each key's type and allowed values checked
         self.checkpoints = Checkpoints(out_dir, outputs)
         self.device = pick_device(device)
         objective_class = importlib.import_module(objective_module(name)).OBJECTIVE  # by name: see the registry
         self.ranks = distributed.Ranks.from_env()
         if self.ranks.enabled:
-            key = objective_class.batch_key
-            if int(self.hp[key]) % self.ranks.world_size:
+            key = self.name.batch_key
+            if self.hp[key] % self.ranks.world_size:
                 raise TrainingError(f"{key} {self.hp[key]} is the global batch and must be divisible by the number "
                                     f"of processes ({self.ranks.world_size}); change it or torchrun --nproc-per-node")
             self.device = distributed.init_process_group(self.ranks, self.device)
         self.log = RunLog(self.checkpoints.out_dir, self.ranks.is_main)
-        set_seed(int(self.hp["seed"]))  # the same seed everywhere: every rank builds the same initial model
+        set_seed(self.recipe.seed)  # the same seed everywhere: every rank builds the same initial model
         # which files this run learns from: a last.pt written from other ones (features re-extracted, captions
         # rebuilt, a new XE checkpoint) must not be resumed
         self.input_stamps = {role: file_stamp(path) for role, path in
@@ -111,8 +108,8 @@ class Trainer:
         self.model, self.model_config = parts.model, parts.model_config
         self.objective: Objective = objective_class(self.model, self.data, self.hp).to(self.device)
         self.optimizer = self.objective.optimizer()
-        self.validator = Validator(parts.val_images, self.vocab, int(self.hp["val_max_length"]))
-        self.early_stopping = EarlyStopping(int(self.hp["patience"]))
+        self.validator = Validator(parts.val_images, self.vocab, self.recipe.val_max_length)
+        self.early_stopping = EarlyStopping(self.recipe.patience)
         self.hooks = Hooks(default_hooks(self.hp) if hooks is None else hooks)
         self.state = TrainState()
         self.stops = StopRequests(self.log)
@@ -134,7 +131,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ the loop
     def run(self) -> Path:
         self.stops.install()
-        epochs = int(self.hp[self.objective.epochs_key])
+        epochs = getattr(self.recipe, self.objective.epochs_key)
         self.hooks.before_train(self)
         try:
             if self.objective.validate_start and self.state.epoch == 0 and not self.state.history:
@@ -175,18 +172,18 @@ class Trainer:
 
     def train_epoch(self) -> dict:
         self.train_module.train()
-        generator = torch.Generator().manual_seed(int(self.hp["seed"]) * 1000 + self.state.epoch)
+        generator = torch.Generator().manual_seed(self.recipe.seed * 1000 + self.state.epoch)
         skip, self.state.batches_done = self.state.batches_done, 0
         totals = self.state.epoch_totals or {"loss": 0.0, "batches": 0, "step_s": 0.0, "load_s": 0.0}
         self.state.epoch_totals = None
         self.data.load_seconds = 0.0
         self.save_clock.saved()
         batches = list(self.objective.batches(generator))  # index lists: cheap, and their count gives the ETA
-        if not self.hp["preload_features"]:  # a store read from disk: the next batches' reads overlap this step
+        if self._read_ahead():  # a store read from disk: the next batches' reads overlap this step
             self.data.prefetch([self.objective.images_of(self._share(batch)) for batch in batches[skip:]])
         progress = tqdm(total=len(batches), initial=skip, unit="batch", file=sys.stderr, mininterval=10,
                         desc=f"{self.name.name} training, epoch {self.state.epoch + 1}/"
-                             f"{self.hp[self.objective.epochs_key]}", disable=not self.ranks.is_main)
+                             f"{getattr(self.recipe, self.objective.epochs_key)}", disable=not self.ranks.is_main)
         try:
             for index, batch in enumerate(batches):
                 if index < skip:  # done before the interruption: the same order, so the same batches
@@ -212,6 +209,15 @@ class Trainer:
         for key in sorted(set(totals) - {"loss", "batches", "step_s", "load_s"}):
             result[f"train_{key}"] = totals[key] / n
         return result
+
+    def _read_ahead(self) -> bool:
+        """Whether to read the next batches in a background thread: for a store on disk, where the host has time to
+        spare for it (a GPU computes the steps, or torch's threads leave a CPU core free). On a CPU whose cores all
+        compute, the reads only move to another thread (benchmarks/bench_prefetch.py)."""
+        if self.recipe.preload_features:
+            return False
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return self.device.type == "cuda" or torch.get_num_threads() < cores
 
     def _share(self, batch: list) -> list:
         """This rank's part of a global batch. The last, partial batch may leave a rank without an item: it still
@@ -250,7 +256,7 @@ class Trainer:
     def _autocast(self):
         """bf16 autocast (no loss scaling needed) on GPUs by default, on CPUs when asked: matrix products
         run 3-4x faster on CPUs with bf16 units (AVX512-BF16, AMX); "auto" keeps the CPU in fp32."""
-        precision = self.hp["precision"]
+        precision = self.recipe.precision
         enabled = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
@@ -282,8 +288,8 @@ class Trainer:
                 group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if float(self.hp["grad_clip"]) > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.hp["grad_clip"]))
+        if self.recipe.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.recipe.grad_clip))
         self.optimizer.step()
         self.state.step += 1
 
@@ -299,7 +305,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ saving, resuming
     def _seed_rank_streams(self) -> None:
         """Deterministic, different random numbers per rank (epoch mixed in so a re-seed does not replay them)."""
-        set_seed(int(self.hp["seed"]) + self.ranks.rank + 1000 * self.state.epoch)
+        set_seed(self.recipe.seed + self.ranks.rank + 1000 * self.state.epoch)
 
     def state_dict(self, with_optimizer: bool, rng_ranks: list | None = None, position: dict | None = None,
                    weights: dict | None = None) -> dict:

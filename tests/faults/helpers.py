@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,13 +18,13 @@ def manifest_for(karpathy_json: Path) -> Path:
 
 
 def extract_command(karpathy_json: Path, image_root: Path, out: Path, image_size: int = 64, grid_size: int = 4,
-                    *options: str) -> list[str]:
-    """``python -m features extract`` of a small random-init ResNet-18 grid, float32, in the main process."""
-    return [sys.executable, "-m", "features", "extract", "--kind", "grid", "--manifest",
-            str(manifest_for(karpathy_json)),
-            "--image-root", str(image_root), "--out", str(out), "--backbone", "resnet18", "--image-size",
-            str(image_size), "--grid-size", str(grid_size), "--batch-size", "4", "--num-workers", "0", "--device",
-            "cpu", "--dtype", "float32", *options]
+                    on_error: str = "fail") -> list[str]:
+    """``python -m features job extract`` of a small random-init ResNet-18 grid, float32, in the main process."""
+    spec = {"kind": "grid",
+            "store": {"batch_size": 4, "num_workers": 0, "device": "cpu", "dtype": "float32", "on_error": on_error},
+            "extractor": {"backbone": "resnet18", "weights": "none", "image_size": image_size, "grid_size": grid_size}}
+    return [sys.executable, "-m", "features", "job", "extract", "--spec", json.dumps(spec), "--manifest",
+            str(manifest_for(karpathy_json)), "--image-root", str(image_root), "--out", str(out)]
 
 
 def clean_error(result: subprocess.CompletedProcess, *names: str, native_noise_before: bool = False) -> str:

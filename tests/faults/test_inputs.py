@@ -85,7 +85,7 @@ def test_bad_and_odd_images(tmp_path, on_error):
         {"filepath": "images", "filename": path.name, "cocoid": i, "split": "train",
          "sentences": [{"raw": "a picture"}]} for i, path in enumerate(files.values())])
     out = tmp_path / "grid.h5"
-    result = subprocess.run(extract_command(source, tmp_path, out, 64, 2, "--on-error", on_error),
+    result = subprocess.run(extract_command(source, tmp_path, out, 64, 2, on_error),
                             capture_output=True, text=True, check=False)
     if on_error == "fail":
         line = clean_error(result)
@@ -113,7 +113,7 @@ def image(cocoid: int, split: str, captions: list[str], **extra) -> dict:
 
 
 def prepare_text(source: Path, out: Path) -> subprocess.CompletedProcess:
-    return run("-m", "captioner", "prepare-text", "--karpathy-json", str(source), "--vocab", str(out / "vocab.json"),
+    return run("-m", "captioner", "job", "prepare-text", "--karpathy-json", str(source), "--vocab", str(out / "vocab.json"),
                "--captions", str(out / "captions.json"), "--min-word-count", "1")
 
 
@@ -153,8 +153,8 @@ def test_empty_and_non_ascii_captions(tmp_path):
 
     predictions = tmp_path / "predictions.json"
     predictions.write_text(json.dumps([{"image_id": 3, "caption": "a café"}], ensure_ascii=False), encoding="utf-8")
-    scored = run("-m", "captioner", "score", "--predictions", str(predictions), "--captions",
-                 str(tmp_path / "text/captions.json"), "--metrics", "bleu,meteor,rouge,cider", "--out",
+    scored = run("-m", "captioner", "job", "score", "--predictions", str(predictions), "--captions",
+                 str(tmp_path / "text/captions.json"), "--spec", '{"metrics": ["bleu", "meteor", "rouge", "cider"]}', "--out",
                  str(tmp_path / "scores.json"))
     assert scored.returncode == 0, scored.stderr
     corpus = json.loads((tmp_path / "scores.json").read_text())["corpus"]
@@ -175,8 +175,8 @@ def test_java_missing_is_a_clear_error(one_test_image, tmp_path):
     predictions, captions = one_test_image
     env = environment()
     env["PATH"] = str(Path(sys.executable).parent)  # python, and no java
-    result = run("-m", "captioner", "score", "--predictions", str(predictions), "--captions", str(captions),
-                 "--out", str(tmp_path / "scores.json"), env=env)
+    result = run("-m", "captioner", "job", "score", "--spec", "{}", "--predictions", str(predictions), "--captions",
+                 str(captions), "--out", str(tmp_path / "scores.json"), env=env)
     assert "java is not on PATH" in clean_error(result)
     assert not (tmp_path / "scores.json").exists()
 
@@ -186,8 +186,9 @@ def test_spice_without_its_jars_is_skipped_with_a_reason(one_test_image, tmp_pat
     if available:
         pytest.skip("the Stanford CoreNLP jars SPICE needs are installed here")
     predictions, captions = one_test_image
-    result = run("-m", "captioner", "score", "--predictions", str(predictions), "--captions", str(captions),
-                 "--metrics", "bleu,meteor,rouge,cider,spice", "--out", str(tmp_path / "scores.json"))
+    result = run("-m", "captioner", "job", "score", "--predictions", str(predictions), "--captions", str(captions),
+                 "--spec", '{"metrics": ["bleu", "meteor", "rouge", "cider", "spice"]}', "--out",
+                 str(tmp_path / "scores.json"))
     assert result.returncode == 0, result.stderr
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert "SPICE skipped" in scores["spice"] and "SPICE skipped" in result.stderr

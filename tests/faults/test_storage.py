@@ -82,9 +82,9 @@ def test_disk_filling_up_midway_fails_the_rule_and_the_rerun_resumes(demo, tmp_p
 
 
 def decode_command(checkpoint: Path, data: Path, out: Path, features: Path | None = None) -> list[str]:
-    return [sys.executable, "-m", "captioner", "decode", "--checkpoint", str(checkpoint), "--features",
-            str(features or data / "grid.h5"), "--captions", str(data / "text/captions.json"), "--out", str(out),
-            "--device", "cpu", "--beam-size", "2"]
+    return [sys.executable, "-m", "captioner", "job", "decode", "--spec", '{"device": "cpu", "beam_size": 2}',
+            "--checkpoint", str(checkpoint), "--features", str(features or data / "grid.h5"), "--captions",
+            str(data / "text/captions.json"), "--split", "test", "--out", str(out)]
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(capti
     good = (tmp_path / "out/last.pt").read_bytes()
     best = (tmp_path / "out/checkpoint.pt").read_bytes()
     diverging = trainer(3)  # resumes after epoch 3 ...
-    diverging.hp["epochs"] = 4  # ... and trains one more, with weights that make the loss NaN
+    diverging.recipe.epochs = 4  # ... and trains one more, with weights that make the loss NaN
     with torch.no_grad():
         diverging.model.init_h[0].weight.fill_(float("nan"))
     with pytest.raises(TrainingError, match=r"non-finite loss .* epoch 4, step \d+"):

@@ -199,7 +199,7 @@ def long_sat_epochs(finished_run: Path, tmp_path: Path) -> int:
     hparams = {**config["sat"], **{k: v for k, v in LONG_SAT.items() if k != "model"}, "epochs": 3,
                "model": dict(config["sat"]["model"], **LONG_SAT["model"])}
     run = finished_run / "results/tiny"
-    command = [sys.executable, "-m", "captioner", "train", "--model", "sat_soft", "--features",
+    command = [sys.executable, "-m", "captioner", "job", "train", "--model", "sat_soft", "--features",
                str(run / "features/grid.h5"), "--captions", str(run / "text/captions.json"), "--vocab",
                str(run / "text/vocab.json"), "--hparams", json.dumps(hparams), "--out-dir", str(tmp_path / "timing"),
                "--threads", "1", "--device", "cpu"]

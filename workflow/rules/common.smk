@@ -5,8 +5,10 @@ import shlex
 from pathlib import Path
 
 from captioner.evaluation.significance import default_pairs
+from captioner.evaluation.specs import AttentionSpec, DecodeSpec, ScoreSpec, SignificanceSpec, TablesSpec
 from captioner.models.registry import ModelName, model_module, objective_module
-from features.config import STAGES, extractor_module
+from features.config import STAGES, ExtractSpec, PretrainSpec, extractor_module
+from pipeline.spec import to_json as spec_json
 from pipeline.provenance import code_hash
 
 PROJECT_ROOT = Path(workflow.basedir)
@@ -68,13 +70,14 @@ def code(*modules):
     return code_hash(PROJECT_ROOT, *modules)
 
 
-def store_output(kind):
-    path = store_path(kind)
+def store_output(kind, image_set="dataset"):
+    path = store_path(kind, image_set)
     return directory(path) if STORE_SUFFIX == ".zarr" else path
 
 
-def store_path(kind):
-    return f"{RUN}/features/{kind}{STORE_SUFFIX}"
+def store_path(kind, image_set="dataset"):
+    """The store of one kind of features of an image set (IMAGE_SETS)."""
+    return f"{RUN}/features/{IMAGE_SETS[image_set]['store_prefix']}{kind}{STORE_SUFFIX}"
 
 
 def model_name(model):
@@ -158,11 +161,11 @@ def train_priority(model):
 
 
 def train_launcher(model):
-    """What runs `captioner train`: plain Python, or torchrun with one process per GPU (data parallel)."""
+    """What runs `captioner job train`: plain Python, or torchrun with one process per GPU (data parallel)."""
     gpus = train_gpus(model)
     if gpus == 1:
         return "python -m"
-    key = "scst_batch_images" if model_name(model).objective == "scst" else "batch_size"
+    key = model_name(model).batch_key
     batch = hparams(model).get(key)
     if batch is not None and batch % gpus:  # fail while planning, not when the job starts on the cluster
         raise ValueError(
@@ -237,39 +240,35 @@ def detector_weights_url():
     return regions["weights_url"] if regions["boxes"] == "detector" else ""
 
 
-def extract_inputs(wildcards):
-    inputs = {"manifest": MANIFEST, "images": IMAGE_INPUTS}
-    if wildcards.kind == "regions" and config["features"]["regions"]["boxes"] == "given":
-        inputs["boxes"] = BOXES_JSON
-    if fetched_weights(wildcards.kind):
-        inputs["weights"] = fetched_weights(wildcards.kind)
+def extract_inputs(image_set):
+    """The input function of an extraction job of an image set: its manifest and images, its boxes (regions from
+    given boxes), the weights a rule fetches or trains."""
+    images = IMAGE_SETS[image_set]
+
+    def inputs(wildcards):
+        found = {"manifest": images["manifest"], "images": images["images"]}
+        if wildcards.kind == "regions" and config["features"]["regions"]["boxes"] == "given":
+            if not images["boxes"]:
+                raise ValueError(
+                    f"features.regions.boxes is 'given': {images['boxes_key']} must give the {image_set} images' "
+                    "boxes (or use boxes: detector)"
+                )
+            found["boxes"] = images["boxes"]
+        if fetched_weights(wildcards.kind):
+            found["weights"] = fetched_weights(wildcards.kind)
+        return found
+
     return inputs
 
 
-def extract_args(kind, image_root=IMAGE_ROOT, boxes_json=BOXES_JSON):
-    """Command-line arguments of `python -m features extract` for one kind, from the config."""
-    f = config["features"]
-    k = f[kind]
-    args = (
-        f"--image-root {image_root} --backbone {k['backbone']} --weights {shlex.quote(weights_path(kind))}"
-        f" --seed {k['seed']}"
-        f" --batch-size {f['batch_size']} --num-workers {f['num_workers']} --device {f['device']}"
-        f" --dtype {f['dtype']} --on-error {f['on_error']}"
-    )
-    if f["compression"] != "none":
-        args += f" --compression {f['compression']}"
-    if kind == "grid":
-        return args + f" --image-size {k['image_size']} --grid-size {k['grid_size']} --stage {k['stage']}"
-    args += f" --min-size {k['min_size']} --max-size {k['max_size']} --max-boxes {k['max_boxes']}"
-    args += f" --precision {k['precision']}"
-    if k["boxes"] == "given":
-        return args + f" --boxes {boxes_json} --head {k['head']}"
-    keys = ("min_boxes", "conf_thresh", "nms_thresh", "pre_nms_top_n", "post_nms_top_n")
-    detector = {key: k[key] for key in keys}  # defaults filled by the schema
-    if k["backend"] == "detectron2":
-        detector.update(backend="detectron2", detectron2_config=shlex.quote(k["detectron2_config"]))
-    options = "".join(f" --{key.replace('_', '-')} {value}" for key, value in detector.items())
-    return f"{args} --box-source detector{options}"
+def extract_args(kind, image_set):
+    """`python -m features job extract` arguments: the spec (features and features.<kind>, weights resolved), the
+    image set's folder and boxes."""
+    spec = ExtractSpec.json_from_config(config, kind, weights_path(kind))
+    args = f"--spec {shlex.quote(spec)} --image-root {IMAGE_SETS[image_set]['image_root']}"
+    if kind == "regions" and config["features"]["regions"]["boxes"] == "given":
+        args += f" --boxes {IMAGE_SETS[image_set]['boxes']}"
+    return args
 
 
 def extract_code(kind):
@@ -298,16 +297,6 @@ def train_inputs(wildcards):
                 f"among {parent}'s seeds {seeds_of(parent)}"
             )
         inputs["init"] = f"{RUN}/models/{parent}/seed{wildcards.seed}/checkpoint.pt"
-    return inputs
-
-
-def attention_inputs(wildcards):
-    inputs = {
-        "checkpoint": f"{RUN}/models/{wildcards.model}/seed{wildcards.seed}/checkpoint.pt",
-        "features": store_path("grid"),
-        "captions": f"{RUN}/text/captions.json",
-    }
-    inputs["images"] = IMAGE_INPUTS
     return inputs
 
 
@@ -343,48 +332,43 @@ def extra_split_scores():
 NOCAPS = config["evaluate"]["nocaps"]
 NOCAPS_ON = NOCAPS["source"] != "none"
 NOCAPS_SPLIT = NOCAPS["split"]
-NOCAPS_TEXT = f"{RUN}/text/nocaps.json"
-NOCAPS_MANIFEST = f"{RUN}/text/nocaps_images.json"
 NOCAPS_TABLES = [f"{RUN}/tables/nocaps.csv", f"{RUN}/tables/nocaps.md"]
 if NOCAPS["source"] == "demo":
     NOCAPS_JSON = f"{RUN}/dataset/nocaps/nocaps_val_captions.json"
-    NOCAPS_IMAGE_ROOT = f"{RUN}/dataset/nocaps/images"
-    NOCAPS_IMAGE_INPUTS = [NOCAPS_IMAGE_ROOT]
-    NOCAPS_BOXES_JSON = f"{RUN}/dataset/nocaps/boxes.json"
+    nocaps_root, nocaps_boxes = f"{RUN}/dataset/nocaps/images", f"{RUN}/dataset/nocaps/boxes.json"
 elif NOCAPS["source"] == "download":
     NOCAPS_JSON = f"{NOCAPS['root']}/nocaps_{NOCAPS_SPLIT}.json"
-    NOCAPS_IMAGE_ROOT = f"{NOCAPS['root']}/{NOCAPS_SPLIT}"
-    NOCAPS_IMAGE_INPUTS = [NOCAPS_IMAGE_ROOT]
-    NOCAPS_BOXES_JSON = NOCAPS.get("boxes_json", "")
+    nocaps_root, nocaps_boxes = f"{NOCAPS['root']}/{NOCAPS_SPLIT}", NOCAPS.get("boxes_json", "")
 else:  # files: the user's copies (or none)
     NOCAPS_JSON = NOCAPS.get("json", "")
-    NOCAPS_IMAGE_ROOT = NOCAPS.get("image_root", "")
-    NOCAPS_IMAGE_INPUTS = []
-    NOCAPS_BOXES_JSON = NOCAPS.get("boxes_json", "")
+    nocaps_root, nocaps_boxes = NOCAPS.get("image_root", ""), NOCAPS.get("boxes_json", "")
 
 
-def nocaps_store_path(kind):
-    return f"{RUN}/features/nocaps_{kind}{STORE_SUFFIX}"
+def image_set(manifest, image_root, images, boxes, boxes_key, captions, store_prefix):
+    """One image set: its manifest, image folder (and the inputs that track it), boxes (and the config key that
+    gives them), captions, and the prefix of its feature stores."""
+    return locals()
 
 
-def nocaps_store_output(kind):
-    path = nocaps_store_path(kind)
-    return directory(path) if STORE_SUFFIX == ".zarr" else path
-
-
-def nocaps_extract_inputs(wildcards):
-    """extract_inputs of the nocaps images: their manifest and folder, the same weights (and no training boxes)."""
-    inputs = {"manifest": NOCAPS_MANIFEST, "images": NOCAPS_IMAGE_INPUTS}
-    if wildcards.kind == "regions" and config["features"]["regions"]["boxes"] == "given":
-        if not NOCAPS_BOXES_JSON:
-            raise ValueError(
-                "features.regions.boxes is 'given': evaluate.nocaps.boxes_json must give the nocaps images' "
-                "boxes (or use boxes: detector)"
-            )
-        inputs["boxes"] = NOCAPS_BOXES_JSON
-    if fetched_weights(wildcards.kind):
-        inputs["weights"] = fetched_weights(wildcards.kind)
-    return inputs
+# Image sets as data: the images a feature store is extracted from and the captions it is decoded against. Both sets
+# share every feature rule and helper (extract_inputs, extract_args, store_path); each split names its set.
+IMAGE_SETS = {
+    # the dataset's images: training and the Karpathy val/test splits
+    "dataset": image_set(
+        MANIFEST, IMAGE_ROOT, IMAGE_INPUTS, BOXES_JSON, "features.regions.boxes_json", f"{RUN}/text/captions.json", ""
+    ),
+    # nocaps: evaluation only (workflow/rules/nocaps.smk); a user's own folder is not tracked file by file
+    "nocaps": image_set(
+        f"{RUN}/text/nocaps_images.json",
+        nocaps_root,
+        [nocaps_root] if NOCAPS["source"] != "files" else [],
+        nocaps_boxes,
+        "evaluate.nocaps.boxes_json",
+        f"{RUN}/text/nocaps.json",
+        "nocaps_",
+    ),
+}
+SPLIT_IMAGE_SET = {"val": "dataset", "test": "dataset", "nocaps": "nocaps"}
 
 
 def nocaps_outputs():
@@ -397,47 +381,14 @@ def nocaps_outputs():
 
 
 def decode_features(wildcards):
-    kind = features_kind(wildcards.model)
-    return nocaps_store_path(kind) if wildcards.split == "nocaps" else store_path(kind)
+    return store_path(features_kind(wildcards.model), SPLIT_IMAGE_SET[wildcards.split])
 
 
 def decode_captions(wildcards):
-    return NOCAPS_TEXT if wildcards.split == "nocaps" else f"{RUN}/text/captions.json"
+    return IMAGE_SETS[SPLIT_IMAGE_SET[wildcards.split]]["captions"]
 
 
 wildcard_constraints:
     model="|".join(BUILDABLE_MODELS),
     seed=r"\d+",
     split="val|test|nocaps" if NOCAPS_ON else "val|test",
-
-
-# dataset.download (workflow/rules/download.smk)
-SOURCES = config["dataset"]["sources"]
-KEEP_ZIPS = config["dataset"]["keep_zips"]
-ZIP_DIR = f"{DATA_ROOT}/zips"
-
-
-def fetch_zip_command(source, zip_path):
-    """Download and verify one zip; the space check counts the zip twice (the zip, then what is unpacked)."""
-    s = SOURCES[source]
-    return (
-        f"python -m captioner download --url {shlex.quote(s['url'])} --out {zip_path} --size {s['size']}"
-        f" --sha256 {s['sha256']} --extra-space {s['size']}"
-    )
-
-
-def drop_zip(zip_path):
-    return "" if KEEP_ZIPS else f" && rm -f {zip_path}"
-
-
-def gpus_held():
-    """{rule: GPUs} of the rules holding a `gpu` resource; training: per model (train.gpus_per_job)."""
-    held = {}
-    for each in workflow.rules:
-        gpus = each.resources.get("gpu")  # a snakemake Resource; training's is a function (handled below)
-        if gpus is None or gpus.is_evaluable():
-            continue
-        if isinstance(gpus.value, int) and gpus.value > 0:
-            held[each.name] = gpus.value
-    held["train"] = {model: train_gpus(model) for model in MODELS}
-    return held

@@ -1,6 +1,20 @@
 # Last: what every job of the run cost (its benchmark file), per stage and per model, in GPU-hours where it holds GPUs.
 # (This rule has no benchmark file of its own: it reads the folder while it runs.)
 
+
+def gpus_held():
+    """{rule: GPUs} of the rules holding a `gpu` resource; training: per model (train.gpus_per_job)."""
+    held = {}
+    for each in workflow.rules:
+        gpus = each.resources.get("gpu")  # a snakemake Resource; training's is a function (handled below)
+        if gpus is None or gpus.is_evaluable():
+            continue
+        if isinstance(gpus.value, int) and gpus.value > 0:
+            held[each.name] = gpus.value
+    held["train"] = {model: train_gpus(model) for model in MODELS}
+    return held
+
+
 COSTS = [f"{RUN}/tables/costs.md", f"{RUN}/tables/costs.csv"]
 # every other output of the run (rule all's): once they exist, all its jobs and their benchmark files are done
 RESULTS = [TABLES, SIGNIFICANCE, attention_outputs(), extra_split_scores(), nocaps_outputs()]
@@ -38,6 +52,6 @@ rule costs:
         title=f"Costs: {config['run']}",
         code=code("captioner.evaluation.costs"),
     shell:
-        "python -m captioner costs --benchmarks {params.benchmarks} --logs {params.logs}"
+        "python -m captioner job costs --benchmarks {params.benchmarks} --logs {params.logs}"
         " --download-logs {params.download_logs} --models {params.models}"
         " --gpus {params.gpus:q} --out-md {output.md} --out-csv {output.csv} --title {params.title:q} 2> {log}"

@@ -21,7 +21,7 @@ if DEMO:
             out_dir=parent_dir("json"),
             code=code("captioner.data.demo"),
         shell:
-            "python -m captioner demo-data --out {params.out_dir} --seed {params.demo[seed]}"
+            "python -m captioner job demo-data --out {params.out_dir} --seed {params.demo[seed]}"
             " --num-train {params.demo[num_train]} --num-val {params.demo[num_val]}"
             " --num-test {params.demo[num_test]} --num-restval {params.demo[num_restval]}"
             " --image-size {params.demo[image_size]} 2> {log}"
@@ -41,7 +41,7 @@ rule image_manifest:
     params:
         code=code("captioner.data.manifest"),
     shell:
-        "python -m captioner image-manifest --karpathy-json {input} --out {output} 2> {log}"
+        "python -m captioner job image-manifest --karpathy-json {input} --out {output} 2> {log}"
 
 
 rule prepare_text:
@@ -61,6 +61,6 @@ rule prepare_text:
         max_caption_length=config["text"]["max_caption_length"],
         code=code("captioner.data.text"),
     shell:
-        "python -m captioner prepare-text --karpathy-json {input} --vocab {output.vocab}"
+        "python -m captioner job prepare-text --karpathy-json {input} --vocab {output.vocab}"
         " --captions {output.captions} --min-word-count {params.min_word_count}"
         " --max-caption-length {params.max_caption_length} 2> {log}"

@@ -21,18 +21,12 @@ rule decode:
     resources:
         gpu=1,
     params:
-        beam_size=EVALUATE["beam_size"],
-        max_length=EVALUATE["max_length"],
-        batch_size=EVALUATE["batch_size"],
-        length_norm=EVALUATE["length_normalization"],
-        device=config["train"]["device"],
+        spec=spec_json(DecodeSpec, config),
         code=lambda wc: code("captioner.evaluation.decode", model_module(wc.model)),
     shell:
-        "python -m captioner decode --checkpoint {input.checkpoint} --features {input.features}"
-        " --captions {input.captions} --split {wildcards.split} --beam-size {params.beam_size}"
-        " --max-length {params.max_length} --batch-size {params.batch_size} --out {output.predictions}"
-        " --beams-out {output.beams} --length-normalization {params.length_norm}"
-        " --threads {threads} --device {params.device} 2> {log}"
+        "python -m captioner job decode --spec {params.spec:q} --checkpoint {input.checkpoint}"
+        " --features {input.features} --captions {input.captions} --split {wildcards.split}"
+        " --out {output.predictions} --beams-out {output.beams} --threads {threads} 2> {log}"
 
 
 rule score:
@@ -51,11 +45,21 @@ rule score:
     conda:
         "../../envs/evaluate.yaml"
     params:
-        metrics=",".join(EVALUATE["metrics"]),
+        spec=spec_json(ScoreSpec, config),
         code=code("captioner.evaluation.scoring"),
     shell:
-        "python -m captioner score --predictions {input.predictions} --beams {input.beams}"
-        " --captions {input.captions} --split {wildcards.split} --metrics {params.metrics} --out {output} 2> {log}"
+        "python -m captioner job score --spec {params.spec:q} --predictions {input.predictions} --beams {input.beams}"
+        " --captions {input.captions} --split {wildcards.split} --out {output} 2> {log}"
+
+
+def attention_inputs(wildcards):
+    images = IMAGE_SETS[SPLIT_IMAGE_SET[SPLIT]]
+    return {
+        "checkpoint": f"{RUN}/models/{wildcards.model}/seed{wildcards.seed}/checkpoint.pt",
+        "features": store_path("grid"),
+        "captions": images["captions"],
+        "images": images["images"],
+    }
 
 
 rule attention_maps:
@@ -79,16 +83,13 @@ rule attention_maps:
         "../../envs/train.yaml"
     threads: config["train"]["threads"]
     params:
-        split=SPLIT,
-        root=lambda wildcards: IMAGE_ROOT,
-        beam_size=EVALUATE["beam_size"],
-        max_length=EVALUATE["max_length"],
+        spec=spec_json(AttentionSpec, config),
+        root=lambda wildcards: IMAGE_SETS[SPLIT_IMAGE_SET[SPLIT]]["image_root"],
         code=lambda wc: code("captioner.evaluation.attention_maps", model_module(wc.model)),
     shell:
-        "python -m captioner attention-maps --checkpoint {input.checkpoint} --features {input.features}"
-        " --captions {input.captions} --image-root {params.root} --split {params.split}"
-        " --beam-size {params.beam_size} --max-length {params.max_length} --threads {threads}"
-        " --out {output} 2> {log}"
+        "python -m captioner job attention-maps --spec {params.spec:q} --checkpoint {input.checkpoint}"
+        " --features {input.features} --captions {input.captions} --image-root {params.root}"
+        " --threads {threads} --out {output} 2> {log}"
 
 
 rule tables:
@@ -122,17 +123,13 @@ rule tables:
     conda:
         "../../envs/evaluate.yaml"
     params:
+        spec=spec_json(TablesSpec, config),
         title=f"Results: {config['run']}",
-        split=SPLIT,
-        published="--published" if EVALUATE["published_rows"] else "",
-        bootstrap=EVALUATE["bootstrap"],
         code=code("captioner.evaluation.tables"),
     shell:
-        "python -m captioner tables --scores {input.scores} --predictions {input.predictions}"
-        " --captions {input.captions} --split {params.split} {params.published} --out-csv {output.csv}"
-        " --out-md {output.md} --out-samples {output.samples} --title {params.title:q}"
-        " --resamples {params.bootstrap[resamples]} --confidence {params.bootstrap[confidence]}"
-        " --bootstrap-seed {params.bootstrap[seed]} 2> {log}"
+        "python -m captioner job tables --spec {params.spec:q} --scores {input.scores}"
+        " --predictions {input.predictions} --captions {input.captions} --out-csv {output.csv}"
+        " --out-md {output.md} --out-samples {output.samples} --title {params.title:q} 2> {log}"
 
 
 rule significance:
@@ -153,11 +150,8 @@ rule significance:
     conda:
         "../../envs/evaluate.yaml"
     params:
-        pairs=" ".join(f"{a}:{b}" for a, b in SIGNIFICANCE_PAIRS),
-        trials=EVALUATE["significance"]["trials"],
-        bootstrap=EVALUATE["bootstrap"],
+        spec=spec_json(SignificanceSpec, config, pairs=[list(pair) for pair in SIGNIFICANCE_PAIRS]),
         code=code("captioner.evaluation.significance"),
     shell:
-        "python -m captioner significance --scores {input} --pairs {params.pairs} --out-md {output.md}"
-        " --out-json {output.json} --trials {params.trials} --resamples {params.bootstrap[resamples]}"
-        " --confidence {params.bootstrap[confidence]} --seed {params.bootstrap[seed]} 2> {log}"
+        "python -m captioner job significance --spec {params.spec:q} --scores {input} --out-md {output.md}"
+        " --out-json {output.json} 2> {log}"

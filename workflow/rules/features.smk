@@ -29,18 +29,18 @@ rule pretrain_backbone:
     resources:
         gpu=1,
     params:
-        args=" ".join(f"--{key.replace('_', '-')} {value}" for key, value in sorted(PRETRAIN.items()))
-        + f" --image-root {IMAGE_ROOT} --device {config['features']['device']}",
+        spec=spec_json(PretrainSpec, config),
+        image_root=IMAGE_ROOT,
         code=code("features.pretrain"),
     shell:
-        "python -m features pretrain --manifest {input.manifest} --boxes {input.boxes} --out {output.trunk}"
-        " --report {output.report} {params.args} --threads {threads} 2> {log}"
+        "python -m features job pretrain --spec {params.spec:q} --manifest {input.manifest} --boxes {input.boxes}"
+        " --image-root {params.image_root} --out {output.trunk} --report {output.report} --threads {threads} 2> {log}"
 
 
 rule extract_features:
     # one job per kind, or per kind and shard when features.shards > 1 (then merge_features joins them)
     input:
-        unpack(extract_inputs),
+        unpack(extract_inputs("dataset")),
     output:
         store_output("{kind}") if SHARDS == 1 else shard_path("{kind}", "{shard}"),
     log:
@@ -56,12 +56,12 @@ rule extract_features:
     resources:
         gpu=1,
     params:
-        args=lambda wc: extract_args(wc.kind),
+        args=lambda wc: extract_args(wc.kind, "dataset"),
         shard=lambda wc: wc.get("shard", 0),
         shards=SHARDS,
         code=lambda wc: extract_code(wc.kind),
     shell:
-        "python -m features extract --kind {wildcards.kind} --manifest {input.manifest} --out {output}"
+        "python -m features job extract --manifest {input.manifest} --out {output}"
         " {params.args} --shard {params.shard} --num-shards {params.shards} --threads {threads} 2> {log}"
 
 
@@ -81,4 +81,4 @@ if SHARDS > 1:
         params:
             code=code("features.store.merge"),
         shell:
-            "python -m features merge --out {output} {input} 2> {log}"
+            "python -m features job merge --out {output} {input} 2> {log}"

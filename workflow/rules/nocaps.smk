@@ -10,8 +10,8 @@ if NOCAPS["source"] == "demo":
         # the demo's nocaps-like set: out-of-domain images hold only shapes and colours no training image has
         output:
             json=NOCAPS_JSON,
-            boxes=NOCAPS_BOXES_JSON,
-            images=directory(NOCAPS_IMAGE_ROOT),
+            boxes=IMAGE_SETS["nocaps"]["boxes"],
+            images=directory(IMAGE_SETS["nocaps"]["image_root"]),
         log:
             f"{LOGS}/demo_nocaps.log",
         benchmark:
@@ -24,7 +24,7 @@ if NOCAPS["source"] == "demo":
             image_size=config["dataset"]["demo"]["image_size"],
             code=code("captioner.data.demo_nocaps"),
         shell:
-            "python -m captioner demo-nocaps --out {params.out_dir} --seed {params.demo[seed]}"
+            "python -m captioner job demo-nocaps --out {params.out_dir} --seed {params.demo[seed]}"
             " --num-images {params.demo[num_images]} --image-size {params.image_size} 2> {log}"
 
 
@@ -56,7 +56,7 @@ if NOCAPS["source"] == "download":
         input:
             NOCAPS_JSON,
         output:
-            directory(NOCAPS_IMAGE_ROOT),
+            directory(IMAGE_SETS["nocaps"]["image_root"]),
         log:
             f"{NOCAPS['root']}/logs/nocaps_{NOCAPS_SPLIT}_images.log",
         benchmark:
@@ -68,17 +68,17 @@ if NOCAPS["source"] == "download":
             workers=NOCAPS["workers"],
             on_error=NOCAPS["on_error"],
         shell:
-            "python -m captioner nocaps-images --nocaps-json {input} --out {output} --failures {params.failures}"
+            "python -m captioner job nocaps-images --nocaps-json {input} --out {output} --failures {params.failures}"
             " --workers {params.workers} --on-error {params.on_error} 2>&1 | tee {log} >&2"
 
 
 rule prepare_nocaps:
     input:
         json=NOCAPS_JSON,
-        images=NOCAPS_IMAGE_INPUTS,
+        images=IMAGE_SETS["nocaps"]["images"],
     output:
-        captions=NOCAPS_TEXT,
-        manifest=NOCAPS_MANIFEST,
+        captions=IMAGE_SETS["nocaps"]["captions"],
+        manifest=IMAGE_SETS["nocaps"]["manifest"],
     log:
         f"{LOGS}/prepare_nocaps.log",
     benchmark:
@@ -87,27 +87,27 @@ rule prepare_nocaps:
         "../../envs/data.yaml"
     params:
         split=NOCAPS_SPLIT,
-        image_root=lambda wildcards: NOCAPS_IMAGE_ROOT,
+        image_root=lambda wildcards: IMAGE_SETS["nocaps"]["image_root"],
         on_missing=NOCAPS["on_error"],
         code=code("captioner.data.nocaps"),
     shell:
-        "python -m captioner prepare-nocaps --nocaps-json {input.json} --split {params.split}"
+        "python -m captioner job prepare-nocaps --nocaps-json {input.json} --split {params.split}"
         " --captions {output.captions} --manifest {output.manifest} --image-root {params.image_root}"
         " --on-missing {params.on_missing} 2> {log}"
 
 
 use rule extract_features as extract_nocaps_features with:
     input:
-        unpack(nocaps_extract_inputs),
+        unpack(extract_inputs("nocaps")),
     output:
-        nocaps_store_output("{kind}"),
+        store_output("{kind}", "nocaps"),
     log:
         f"{LOGS}/extract_features/nocaps_{{kind}}.log",
     benchmark:
         f"{BENCHMARKS}/extract_features/nocaps_{{kind}}.tsv"
     priority: 0  # the training stores first: nothing trains on these
     params:
-        args=lambda wc: extract_args(wc.kind, NOCAPS_IMAGE_ROOT, NOCAPS_BOXES_JSON),
+        args=lambda wc: extract_args(wc.kind, "nocaps"),
         shard=0,
         shards=1,
         code=lambda wc: extract_code(wc.kind),
@@ -119,7 +119,7 @@ if NOCAPS_SPLIT == "val":
         input:
             predictions=f"{EVAL_DIR}/predictions_nocaps.json",
             beams=f"{EVAL_DIR}/predictions_nocaps_beams.json",
-            nocaps=NOCAPS_TEXT,
+            nocaps=IMAGE_SETS["nocaps"]["captions"],
         output:
             f"{EVAL_DIR}/scores_nocaps.json",
         log:
@@ -129,11 +129,11 @@ if NOCAPS_SPLIT == "val":
         conda:
             "../../envs/evaluate.yaml"
         params:
-            metrics=",".join(EVALUATE["metrics"]),
+            spec=spec_json(ScoreSpec, config),
             code=code("captioner.evaluation.nocaps_scoring"),
         shell:
-            "python -m captioner score-nocaps --predictions {input.predictions} --beams {input.beams}"
-            " --nocaps {input.nocaps} --metrics {params.metrics} --out {output} 2> {log}"
+            "python -m captioner job score-nocaps --spec {params.spec:q} --predictions {input.predictions}"
+            " --beams {input.beams} --nocaps {input.nocaps} --out {output} 2> {log}"
 
     rule nocaps_tables:
         input:
@@ -162,5 +162,5 @@ if NOCAPS_SPLIT == "val":
             published="--published" if EVALUATE["published_rows"] else "",
             code=code("captioner.evaluation.nocaps_tables"),
         shell:
-            "python -m captioner nocaps-tables --scores {input} {params.published} --out-csv {output.csv}"
+            "python -m captioner job nocaps-tables --scores {input} {params.published} --out-csv {output.csv}"
             " --out-md {output.md} --title {params.title:q} 2> {log}"

@@ -33,7 +33,7 @@ rule train:
         code=lambda wc: code("captioner.training.trainer", model_module(wc.model), objective_module(wc.model)),
         launch=lambda wc: train_launcher(wc.model),
     shell:
-        "{params.launch} captioner train --model {wildcards.model} --features {input.features}"
+        "{params.launch} captioner job train --model {wildcards.model} --features {input.features}"
         " --captions {input.captions} --vocab {input.vocab} --hparams {params.hparams:q} {params.init}"
         " --out-dir {params.out_dir} --checkpoint {output.checkpoint} --metrics {output.metrics}"
         " --curve {output.curve} --threads {threads} --device {params.device}"

@@ -124,6 +124,21 @@ class PretrainSpec:
     device: str = setting("features", "device")
 
 
+def pretrain_mismatch(features: dict, kind: str) -> str | None:
+    """Why ``features.<kind>.weights: pretrain`` cannot use the trunk ``features.pretrain`` trains (another
+    backbone; a stage past the last one trained, whose weights stay random), or None."""
+    pretrain, section = features["pretrain"], features[kind]
+    if section["backbone"] != pretrain["backbone"]:
+        return (f"features.{kind}.weights is 'pretrain' but features.{kind}.backbone ({section['backbone']}) differs "
+                f"from features.pretrain.backbone ({pretrain['backbone']})")
+    uses = section["stage"] if kind == "grid" else "layer3" if section["head"] == "pool" else "layer4"
+    if STAGES.index(uses) > STAGES.index(pretrain["stage"]):
+        what = f"features.grid.stage {uses}" if kind == "grid" else "features.regions.head res5 (layer4)"
+        return (f"features.{kind}.weights is 'pretrain' but {what} runs past features.pretrain.stage "
+                f"({pretrain['stage']}), whose later stages are untrained")
+    return None
+
+
 def check_choice(value, allowed, key: str) -> None:
     """``value`` is one of a ``Literal``'s values (for dataclasses built from keyword arguments)."""
     if value not in get_args(allowed):

@@ -7,7 +7,7 @@ from pathlib import Path
 from captioner.evaluation.significance import default_pairs
 from captioner.evaluation.specs import AttentionSpec, DecodeSpec, ScoreSpec, SignificanceSpec, TablesSpec
 from captioner.models.registry import ModelName, model_module, objective_module
-from features.config import STAGES, ExtractSpec, PretrainSpec, extractor_module
+from features.config import ExtractSpec, PretrainSpec, extractor_module, pretrain_mismatch
 from pipeline.spec import to_json as spec_json
 from pipeline.provenance import code_hash
 
@@ -199,21 +199,8 @@ def weights_path(kind):
         return f"{WEIGHTS_ROOT}/{config['features'][kind]['backbone']}-{weights}.pth"
     if weights != "pretrain":
         return weights
-    if config["features"][kind]["backbone"] != PRETRAIN["backbone"]:
-        raise ValueError(
-            f"features.{kind}.weights is 'pretrain' but features.{kind}.backbone "
-            f"({config['features'][kind]['backbone']}) differs from features.pretrain.backbone "
-            f"({PRETRAIN['backbone']})"
-        )
-    uses = config["features"]["grid"]["stage"] if kind == "grid" else "layer4"
-    if kind == "regions" and config["features"]["regions"]["head"] == "pool":
-        uses = "layer3"
-    if STAGES.index(uses) > STAGES.index(PRETRAIN["stage"]):  # later stages keep their random weights
-        what = f"features.grid.stage {uses}" if kind == "grid" else "features.regions.head res5 (layer4)"
-        raise ValueError(
-            f"features.{kind}.weights is 'pretrain' but {what} runs past features.pretrain.stage "
-            f"({PRETRAIN['stage']}), whose later stages are untrained"
-        )
+    if pretrain_mismatch(config["features"], kind):
+        raise ValueError(pretrain_mismatch(config["features"], kind))
     if not BOXES_JSON:
         raise ValueError(
             "features.*.weights 'pretrain' needs labelled boxes: the demo dataset, or "
@@ -298,6 +285,16 @@ def train_inputs(wildcards):
             )
         inputs["init"] = f"{RUN}/models/{parent}/seed{wildcards.seed}/checkpoint.pt"
     return inputs
+
+
+def attention_inputs(wildcards):
+    images = IMAGE_SETS[SPLIT_IMAGE_SET[SPLIT]]
+    return {
+        "checkpoint": f"{RUN}/models/{wildcards.model}/seed{wildcards.seed}/checkpoint.pt",
+        "features": store_path("grid"),
+        "captions": images["captions"],
+        "images": images["images"],
+    }
 
 
 def attention_outputs():
@@ -392,3 +389,35 @@ wildcard_constraints:
     model="|".join(BUILDABLE_MODELS),
     seed=r"\d+",
     split="val|test|nocaps" if NOCAPS_ON else "val|test",
+
+
+# dataset.download (workflow/rules/download.smk)
+SOURCES = config["dataset"]["sources"]
+KEEP_ZIPS = config["dataset"]["keep_zips"]
+ZIP_DIR = f"{DATA_ROOT}/zips"
+
+
+def fetch_zip_command(source, zip_path):
+    """Download and verify one zip; the space check counts the zip twice (the zip, then what is unpacked)."""
+    s = SOURCES[source]
+    return (
+        f"python -m captioner download --url {shlex.quote(s['url'])} --out {zip_path} --size {s['size']}"
+        f" --sha256 {s['sha256']} --extra-space {s['size']}"
+    )
+
+
+def drop_zip(zip_path):
+    return "" if KEEP_ZIPS else f" && rm -f {zip_path}"
+
+
+def gpus_held():
+    """{rule: GPUs} of the rules holding a `gpu` resource; training: per model (train.gpus_per_job)."""
+    held = {}
+    for each in workflow.rules:
+        gpus = each.resources.get("gpu")  # a snakemake Resource; training's is a function (handled below)
+        if gpus is None or gpus.is_evaluable():
+            continue
+        if isinstance(gpus.value, int) and gpus.value > 0:
+            held[each.name] = gpus.value
+    held["train"] = {model: train_gpus(model) for model in MODELS}
+    return held

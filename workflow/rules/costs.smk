@@ -2,19 +2,6 @@
 # (This rule has no benchmark file of its own: it reads the folder while it runs.)
 
 
-def gpus_held():
-    """{rule: GPUs} of the rules holding a `gpu` resource; training: per model (train.gpus_per_job)."""
-    held = {}
-    for each in workflow.rules:
-        gpus = each.resources.get("gpu")  # a snakemake Resource; training's is a function (handled below)
-        if gpus is None or gpus.is_evaluable():
-            continue
-        if isinstance(gpus.value, int) and gpus.value > 0:
-            held[each.name] = gpus.value
-    held["train"] = {model: train_gpus(model) for model in MODELS}
-    return held
-
-
 COSTS = [f"{RUN}/tables/costs.md", f"{RUN}/tables/costs.csv"]
 # every other output of the run (rule all's): once they exist, all its jobs and their benchmark files are done
 RESULTS = [TABLES, SIGNIFICANCE, attention_outputs(), extra_split_scores(), nocaps_outputs()]

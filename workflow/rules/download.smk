@@ -4,23 +4,6 @@
 # zip placed by hand at the path an error names is verified by the same rule and used.
 # No code fingerprint here: what these jobs produce is pinned by its checksum (or file count), not by our code.
 
-SOURCES = config["dataset"]["sources"]
-KEEP_ZIPS = config["dataset"]["keep_zips"]
-ZIP_DIR = f"{DATA_ROOT}/zips"
-
-
-def fetch_zip_command(source, zip_path):
-    """Download and verify one zip; the space check counts the zip twice (the zip, then what is unpacked)."""
-    s = SOURCES[source]
-    return (
-        f"python -m captioner download --url {shlex.quote(s['url'])} --out {zip_path} --size {s['size']}"
-        f" --sha256 {s['sha256']} --extra-space {s['size']}"
-    )
-
-
-def drop_zip(zip_path):
-    return "" if KEEP_ZIPS else f" && rm -f {zip_path}"
-
 
 localrules:
     coco_images,

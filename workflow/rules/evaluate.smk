@@ -52,16 +52,6 @@ rule score:
         " --captions {input.captions} --split {wildcards.split} --out {output} 2> {log}"
 
 
-def attention_inputs(wildcards):
-    images = IMAGE_SETS[SPLIT_IMAGE_SET[SPLIT]]
-    return {
-        "checkpoint": f"{RUN}/models/{wildcards.model}/seed{wildcards.seed}/checkpoint.pt",
-        "features": store_path("grid"),
-        "captions": images["captions"],
-        "images": images["images"],
-    }
-
-
 rule attention_maps:
     input:
         unpack(attention_inputs),

@@ -30,7 +30,7 @@ rule pretrain_backbone:
         gpu=1,
     params:
         spec=spec_json(PretrainSpec, config),
-        image_root=IMAGE_ROOT,
+        image_root=lambda wildcards: IMAGE_ROOT,
         code=code("features.pretrain"),
     shell:
         "python -m features job pretrain --spec {params.spec:q} --manifest {input.manifest} --boxes {input.boxes}"

@@ -6,13 +6,12 @@ rule's code fingerprint names only the module its job runs (editing the region d
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 from typing import ClassVar, Literal, get_args
 
 from pipeline.config import defaults
 from pipeline.errors import InputError
-from pipeline.spec import Precision, from_config, parse, setting
+from pipeline.spec import Precision, check_choice, compact_json, from_config, parse, setting
 
 STAGE_STRIDES = {"layer3": 16, "layer4": 32}  # where a trunk stops (res4 | res5) and its output stride
 # every allowed value once: the specs' fields use these, tests/test_specs.py holds them against the schema's enums
@@ -105,7 +104,7 @@ class ExtractSpec:
         section = GridSettings if kind == "grid" else RegionSettings
         spec = {"kind": kind, "store": from_config(StoreSettings, config),
                 "extractor": from_config(section, config, weights=weights)}
-        return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+        return compact_json(spec)
 
 
 @dataclass
@@ -137,12 +136,6 @@ def pretrain_mismatch(features: dict, kind: str) -> str | None:
         return (f"features.{kind}.weights is 'pretrain' but {what} runs past features.pretrain.stage "
                 f"({pretrain['stage']}), whose later stages are untrained")
     return None
-
-
-def check_choice(value, allowed, key: str) -> None:
-    """``value`` is one of a ``Literal``'s values (for dataclasses built from keyword arguments)."""
-    if value not in get_args(allowed):
-        raise InputError(f"{key} must be one of {', '.join(map(str, get_args(allowed)))}, not {value!r}")
 
 
 # ------------------------------------------------------------------------------------------ what is recorded

@@ -28,14 +28,14 @@ from tqdm import tqdm
 
 from features.backbones import stage_channels, trunk
 from features.boxes import load_given_boxes
-from features.config import STAGE_STRIDES, PretrainSpec, Stage, check_choice
+from features.config import STAGE_STRIDES, PretrainSpec, Stage
 from features.images import ImageError, load_rgb, to_tensor
 from pipeline.atomic import atomic_path, write_json
 from pipeline.config import defaults
 from pipeline.device import pick_device
 from pipeline.errors import InputError
 from pipeline.manifest import ManifestImage, read_manifest
-from pipeline.spec import Precision, parse
+from pipeline.spec import Precision, check_choice, parse
 from pipeline.spec import load as load_spec
 
 

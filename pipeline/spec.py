@@ -61,9 +61,14 @@ def from_config(cls, config: dict, **given) -> dict:
     return values
 
 
+def compact_json(obj) -> str:
+    """One line of JSON, keys sorted: equal settings give equal text (a rule's params, compared for reruns)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
 def to_json(cls, config: dict, **given) -> str:
-    """:func:`from_config` as the one-line JSON a rule passes with ``--spec`` (sorted: equal settings, equal text)."""
-    return json.dumps(from_config(cls, config, **given), sort_keys=True, separators=(",", ":"))
+    """:func:`from_config` as the JSON a rule passes with ``--spec``."""
+    return compact_json(from_config(cls, config, **given))
 
 
 def load(text: str) -> dict:
@@ -103,8 +108,9 @@ def parse(cls, data: Any, where: str):
     return cls(**values)
 
 
-def to_dict(spec) -> dict:
-    return dataclasses.asdict(spec)
+def check_choice(value, allowed, key: str) -> None:
+    """``value`` is one of a ``Literal``'s values (for dataclasses built from keyword arguments, not parsed)."""
+    _check(allowed, value, key)
 
 
 def _check(kind, value, key: str):

@@ -24,9 +24,6 @@ class FeatureNorm:
     mean: torch.Tensor
     std: torch.Tensor
 
-    def apply(self, features: torch.Tensor) -> torch.Tensor:
-        return (features - self.mean.to(features.device)) / self.std.to(features.device)
-
 
 def compute_feature_norm(store, image_ids, max_images: int, seed: int) -> FeatureNorm:
     """Mean and std of every channel over the valid rows of up to ``max_images`` images (a seeded sample)."""
@@ -56,8 +53,8 @@ def compute_feature_norm(store, image_ids, max_images: int, seed: int) -> Featur
 def model_inputs(kind: str, data: dict, norm: FeatureNorm, blind: bool, device) -> dict:
     """Store arrays of a ``kind`` (grid | regions) store -> keyword arguments of the model's ``loss``/``decoder``.
     ``data["features"]`` may be an array or a tensor (a prefetched batch, pinned on CUDA)."""
-    # one float32 copy of the stored features (fp16 by default), standardised in place: the same arithmetic as
-    # norm.apply, without its two temporary copies (a batch of 64 COCO grids is 100 MB in float32)
+    # one float32 copy of the stored features (fp16 by default), standardised in place: (x - mean) / std without
+    # two more temporary copies (a batch of 64 COCO grids is 100 MB in float32)
     features = torch.as_tensor(data["features"]).to(device, non_blocking=True).to(torch.float32, copy=True)
     features.sub_(norm.mean.to(features.device)).div_(norm.std.to(features.device))
     if "num_boxes" in data:  # zero the padded rows after standardisation
@@ -156,14 +153,19 @@ class TrainData:
         self.device = inputs.device
         self.load_seconds = 0.0  # spent reading features or waiting for them (the loader share of an epoch)
         self.prefetcher: Prefetcher | None = None
+        # read ahead, the background thread makes the model inputs themselves on the CPU; on CUDA it pins the
+        # features, and their copy to the GPU is left to the training thread
+        on_cpu = self.device.type == "cpu"
+        self.read_ahead = self.to_inputs if on_cpu else pinned
+        self.after_read_ahead = (lambda inputs: inputs) if on_cpu else self.to_inputs
 
     def inputs_for_ids(self, image_ids) -> dict:
         started = time.perf_counter()
         ready = self.prefetcher.take(image_ids) if self.prefetcher is not None else None
         if ready is None:
             inputs = self.to_inputs(self.store.gather(image_ids))
-        else:  # read ahead: model inputs on the CPU, pinned features on CUDA
-            inputs = ready if self.device.type == "cpu" else self.to_inputs(ready)
+        else:
+            inputs = self.after_read_ahead(ready)
         self.load_seconds += time.perf_counter() - started
         return inputs
 
@@ -178,8 +180,7 @@ class TrainData:
         """Read the batches of ``plan`` (lists of image positions, in the order they will be asked for) ahead, in a
         background thread, until :meth:`stop_prefetch`."""
         self.stop_prefetch()
-        self.prefetcher = Prefetcher(self.store, [self.ids_of(indices) for indices in plan],
-                                     prepare=self.to_inputs if self.device.type == "cpu" else pinned)
+        self.prefetcher = Prefetcher(self.store, [self.ids_of(indices) for indices in plan], prepare=self.read_ahead)
 
     def stop_prefetch(self) -> None:
         if self.prefetcher is not None:

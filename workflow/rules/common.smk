@@ -1,6 +1,5 @@
 # Shared paths and helpers. Jobs run the project code that sits beside this workflow (PYTHONPATH),
 # and each rule's params carry a fingerprint of that code (pitfall P5: Snakemake cannot see imports).
-import json
 import shlex
 from pathlib import Path
 
@@ -8,6 +7,7 @@ from captioner.evaluation.significance import default_pairs
 from captioner.evaluation.specs import AttentionSpec, DecodeSpec, ScoreSpec, SignificanceSpec, TablesSpec
 from captioner.models.registry import ModelName, model_module, objective_module
 from features.config import ExtractSpec, PretrainSpec, extractor_module, pretrain_mismatch
+from pipeline.spec import compact_json
 from pipeline.spec import to_json as spec_json
 from pipeline.provenance import code_hash
 
@@ -199,8 +199,9 @@ def weights_path(kind):
         return f"{WEIGHTS_ROOT}/{config['features'][kind]['backbone']}-{weights}.pth"
     if weights != "pretrain":
         return weights
-    if pretrain_mismatch(config["features"], kind):
-        raise ValueError(pretrain_mismatch(config["features"], kind))
+    mismatch = pretrain_mismatch(config["features"], kind)
+    if mismatch:
+        raise ValueError(mismatch)
     if not BOXES_JSON:
         raise ValueError(
             "features.*.weights 'pretrain' needs labelled boxes: the demo dataset, or "
@@ -302,10 +303,6 @@ def attention_outputs():
     count = config["evaluate"]["attention_maps"]
     sat_models = [m for m in MODELS if model_name(m).spec.attention_maps and not model_name(m).blind]
     return [f"{eval_dir(m, seeds_of(m)[0])}/attention/{i:02d}.png" for m in sat_models for i in range(count)]
-
-
-def json_arg(obj):
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 def models_and_parents(models):

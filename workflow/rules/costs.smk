@@ -35,7 +35,7 @@ rule costs:
             [f"{DATA_ROOT}/logs", f"{WEIGHTS_ROOT}/logs"] + ([f"{NOCAPS['root']}/logs"] if "root" in NOCAPS else [])
         ),
         models=",".join(MODELS),
-        gpus=lambda wc: json_arg(gpus_held()),
+        gpus=lambda wc: compact_json(gpus_held()),
         title=f"Costs: {config['run']}",
         code=code("captioner.evaluation.costs"),
     shell:

@@ -26,7 +26,7 @@ rule train:
         # a resource, not a param: how often last.pt is written does not change the result (no rerun)
         checkpoint_minutes=config["train"]["checkpoint_minutes"],
     params:
-        hparams=lambda wc: json_arg(seed_hparams(wc.model, wc.seed)),
+        hparams=lambda wc: compact_json(seed_hparams(wc.model, wc.seed)),
         init=lambda wc, input: f"--init {input.init}" if "init" in input.keys() else "",
         out_dir=parent_dir("checkpoint"),
         device=config["train"]["device"],

@@ -1,18 +1,41 @@
+import os
+
 import pytest
+from filelock import FileLock
 
 from tests.training_helpers import make_caption_set
 from tests.workflow_helpers import copy_workflow, snakemake
 
 
+def built_once(tmp_path_factory, name: str, build):
+    """``build(folder)``'s result, made once per test session even under pytest-xdist: the first worker builds it in
+    the session's shared temporary folder while the others wait on its lock, then every worker reads the same copy
+    (the fixtures using this are read-only)."""
+    shared = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:  # each worker's folder sits in the session's
+        shared = shared.parent
+    folder, done = shared / f"shared-{name}", shared / f"shared-{name}.done"
+    with FileLock(str(shared / f"shared-{name}.lock")):
+        if not done.exists():
+            folder.mkdir(exist_ok=True)
+            result = build(folder)
+            done.write_text(str(result))
+    return type(folder)(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def caption_set(tmp_path_factory):
     """A tiny captioning set (grid store + prepared text) that training tests read and never modify."""
-    return make_caption_set(tmp_path_factory.mktemp("caption_set"))
+    return built_once(tmp_path_factory, "caption_set", make_caption_set)
 
 
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory):
     """One complete local run of the DAG on the tiny config; tests work on copies of it and never modify it."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("tiny") / "project")
-    snakemake(workdir)
-    return workdir
+
+    def run(folder):
+        workdir = copy_workflow(folder / "project")
+        snakemake(workdir)
+        return workdir
+
+    return built_once(tmp_path_factory, "finished_run", run)

@@ -37,6 +37,11 @@ if NOCAPS_ON:
     include: "workflow/rules/nocaps.smk"
 
 
+if EVAL_SETS:
+
+    include: "workflow/rules/eval_sets.smk"
+
+
 include: "workflow/rules/costs.smk"
 
 

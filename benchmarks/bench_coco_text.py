@@ -146,8 +146,11 @@ def digest(path: Path) -> str:
 
 def prepare_text(tree: Path, karpathy_json: Path, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    result = run_child([sys.executable, "-m", "captioner", "job", "prepare-text", "--karpathy-json", str(karpathy_json),
-                        "--vocab", str(out / "vocab.json"), "--captions", str(out / "captions.json")], tree)
+    # the text settings' defaults: a typed spec since issue 30 (older trees took flags and defaulted them)
+    spec = ["--spec", "{}"] if (tree / "captioner/data/specs.py").exists() else []
+    result = run_child([sys.executable, "-m", "captioner", "job", "prepare-text", *spec, "--karpathy-json",
+                        str(karpathy_json), "--vocab", str(out / "vocab.json"), "--captions", str(out / "captions.json")],
+                       tree)
     result["digest"] = digest(out / "vocab.json") + digest(out / "captions.json")
     result["vocab_size"] = len(json.loads((out / "vocab.json").read_text())["itos"])
     return result

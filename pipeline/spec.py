@@ -89,6 +89,17 @@ def load(text: str) -> dict:
         raise InputError(f"--spec {path}: not valid YAML/JSON ({error})") from None
 
 
+def add_spec_argument(parser, cls) -> None:
+    """A job's ``--spec`` option, its help naming the spec class and where it is defined."""
+    where = cls.__module__.replace(".", "/") + ".py"
+    parser.add_argument("--spec", required=True, help=f"the settings: JSON (inline or a file) of {cls.__name__} ({where})")
+
+
+def spec_from_args(cls, args):
+    """The job's ``--spec`` parsed into ``cls``."""
+    return parse(cls, load(args.spec), "--spec")
+
+
 def parse(cls, data: Any, where: str):
     """``cls`` from ``data`` (a dict), every value checked against its field's type; ``where`` prefixes the key in
     errors."""

@@ -95,8 +95,8 @@ def test_same_seed_same_bytes_other_seed_differs(nocaps_set, tmp_path):
 
 def test_the_command_line_writes_the_set(tmp_path):
     out = tmp_path / "cli"
-    result = subprocess.run([sys.executable, "-m", "captioner", "job", "demo-nocaps", "--out", str(out), "--seed", "1",
-                             "--num-images", "6", "--image-size", "128"],
+    result = subprocess.run([sys.executable, "-m", "captioner", "job", "demo-nocaps", "--out", str(out), "--spec",
+                             '{"seed": 1, "num_images": 6, "image_size": 128}'],
                             cwd=PROJECT, env={**os.environ, "PYTHONPATH": str(PROJECT)}, capture_output=True, text=True,
                             check=False)
     assert result.returncode == 0, result.stderr

@@ -142,7 +142,7 @@ def test_the_coco_config_plans_every_download_before_the_jobs_that_read_it(tmp_p
     for download in ("coco_images", "torchvision_weights", "detector_weights"):
         assert (download, "extract_features") in edges
     assert ("nocaps_images", "prepare_nocaps") in edges and ("nocaps_json", "nocaps_images") in edges
-    assert ("detector_weights", "extract_nocaps_features") in edges
+    assert ("detector_weights", "extract_set_features") in edges
     assert ("karpathy_json", "image_manifest") in edges and ("karpathy_json", "prepare_text") in edges
     # with download off, the same config names your own copies and nothing is fetched
     config = yaml.safe_load((workdir / "config/coco.yaml").read_text())

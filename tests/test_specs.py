@@ -12,6 +12,7 @@ from typing import Literal
 
 import pytest
 
+from captioner.data import specs as data_specs
 from captioner.evaluation import specs as evaluation_specs
 from captioner.training.recipes import RECIPES
 from features import config as feature_config
@@ -19,7 +20,7 @@ from pipeline.errors import InputError
 from pipeline.spec import from_config, parse, schema_mismatches, setting
 from tests.workflow_helpers import PROJECT
 
-SPEC_MODULES = [feature_config, evaluation_specs]
+SPEC_MODULES = [data_specs, feature_config, evaluation_specs]
 
 
 def spec_classes() -> list[type]:
@@ -35,7 +36,7 @@ def spec_classes() -> list[type]:
 
 def test_every_job_spec_module_is_covered():
     names = {cls.__name__ for cls in spec_classes()}
-    assert {"StoreSettings", "GridSettings", "RegionSettings", "PretrainSpec", "DecodeSpec", "AttentionSpec",
+    assert {"DemoDataSpec", "DemoNocapsSpec", "TextSpec", "NocapsImagesSpec", "NocapsSpec", "StoreSettings", "GridSettings", "RegionSettings", "PretrainSpec", "DecodeSpec", "AttentionSpec",
             "ScoreSpec", "TablesSpec", "SignificanceSpec", "SatRecipe", "M2Recipe"} <= names, names
 
 
@@ -94,7 +95,9 @@ def test_specs_read_from_the_shipped_configs_parse_to_the_config_values():
     for name in ("config.yaml", "coco.yaml"):
         config = yaml.safe_load((PROJECT / "config" / name).read_text())
         validate(config, str(PROJECT / "workflow/schemas/config.schema.yaml"))  # fills the defaults, as the workflow
-        for cls in (evaluation_specs.DecodeSpec, evaluation_specs.TablesSpec, feature_config.PretrainSpec):
+        for cls in (evaluation_specs.DecodeSpec, evaluation_specs.TablesSpec, feature_config.PretrainSpec,
+                    data_specs.TextSpec, data_specs.NocapsSpec,
+                    *([data_specs.DemoDataSpec] if config["dataset"]["source"] == "demo" else [])):
             spec = parse(cls, from_config(cls, config), name)
             assert spec.__dict__ == from_config(cls, config)
         for kind in ("grid", "regions"):

@@ -20,9 +20,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from captioner.data.karpathy import tokenize
+from captioner.data.specs import DemoDataSpec
 from pipeline.atomic import atomic_path, write_json
 from pipeline.config import defaults
 from pipeline.errors import InputError
+from pipeline.spec import add_spec_argument, spec_from_args
 
 DEMO = defaults("dataset", "demo")  # the config schema holds every default
 SHAPES = ("circle", "square", "triangle", "diamond", "star")
@@ -257,16 +259,10 @@ def generate(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_spec_argument(parser, DemoDataSpec)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--seed", type=int, default=DEMO["seed"])
-    parser.add_argument("--num-train", type=int, default=DEMO["num_train"])
-    parser.add_argument("--num-val", type=int, default=DEMO["num_val"])
-    parser.add_argument("--num-test", type=int, default=DEMO["num_test"])
-    parser.add_argument("--num-restval", type=int, default=DEMO["num_restval"])
-    parser.add_argument("--image-size", type=int, default=DEMO["image_size"])
 
 
 def run(args) -> None:
-    stats = generate(args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val,
-                     num_test=args.num_test, num_restval=args.num_restval, image_size=args.image_size)
+    stats = generate(args.out, **vars(spec_from_args(DemoDataSpec, args)))
     print(f"demo dataset -> {args.out}: {stats['images']} images, {stats['captions']} captions", file=sys.stderr)

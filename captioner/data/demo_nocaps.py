@@ -35,9 +35,11 @@ from captioner.data.demo import (
     _star_points,
 )
 from captioner.data.nocaps import DOMAINS
+from captioner.data.specs import DemoNocapsSpec
 from pipeline.atomic import atomic_path, write_json
 from pipeline.config import defaults
 from pipeline.errors import InputError
+from pipeline.spec import add_spec_argument, spec_from_args
 
 NOCAPS_DEMO = defaults("evaluate", "nocaps", "demo")  # the config schema holds every default
 NOVEL_SHAPES = ("hexagon", "cross", "pentagon")
@@ -274,13 +276,11 @@ def generate_nocaps(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_spec_argument(parser, DemoNocapsSpec)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--seed", type=int, default=NOCAPS_DEMO["seed"])
-    parser.add_argument("--num-images", type=int, default=NOCAPS_DEMO["num_images"])
-    parser.add_argument("--image-size", type=int, default=defaults("dataset", "demo")["image_size"])
 
 
 def run(args) -> None:
-    stats = generate_nocaps(args.out, seed=args.seed, num_images=args.num_images, image_size=args.image_size)
+    stats = generate_nocaps(args.out, **vars(spec_from_args(DemoNocapsSpec, args)))
     print(f"demo nocaps set -> {args.out}: {stats['images']} images, {stats['captions']} captions ("
           + ", ".join(f"{domain} {count}" for domain, count in stats["domains"].items()) + ")", file=sys.stderr)

@@ -19,10 +19,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from captioner.data.specs import NocapsSpec
 from pipeline.atomic import write_json
-from pipeline.config import defaults
 from pipeline.errors import InputError
 from pipeline.manifest import ManifestImage, write_manifest
+from pipeline.spec import add_spec_argument, spec_from_args
 
 DOMAIN_KEY = "domain"  # UNCONFIRMED from an official source (see the module docstring)
 DOMAINS = ("in-domain", "near-domain", "out-domain")
@@ -122,17 +123,16 @@ def prepare(nocaps_json: str | Path, captions_out: str | Path, manifest_out: str
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_spec_argument(parser, NocapsSpec)
     parser.add_argument("--nocaps-json", required=True, help="nocaps_val_4500_captions.json (or the test image info)")
-    parser.add_argument("--split", choices=("val", "test"), default=defaults("evaluate", "nocaps")["split"],
-                        help="test: no captions expected")
     parser.add_argument("--captions", required=True, help="the evaluation set to write (text/nocaps.json)")
     parser.add_argument("--manifest", required=True, help="the image manifest to write (text/nocaps_images.json)")
     parser.add_argument("--image-root", help="check that every image is in this folder")
-    parser.add_argument("--on-missing", choices=("fail", "skip"), default=defaults("evaluate", "nocaps")["on_error"])
 
 
 def run(args) -> None:
-    counts = prepare(args.nocaps_json, args.captions, args.manifest, args.split, args.image_root, args.on_missing)
-    print(f"nocaps {args.split}: {sum(counts.values())} images ("
+    spec = spec_from_args(NocapsSpec, args)
+    counts = prepare(args.nocaps_json, args.captions, args.manifest, spec.split, args.image_root, spec.on_error)
+    print(f"nocaps {spec.split}: {sum(counts.values())} images ("
           + ", ".join(f"{domain} {counts.get(domain, 0)}" for domain in DOMAINS) + f") -> {args.captions}",
           file=sys.stderr)

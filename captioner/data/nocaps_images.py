@@ -14,9 +14,10 @@ import sys
 from pathlib import Path
 
 from captioner.data.nocaps import load
+from captioner.data.specs import NocapsImagesSpec
 from pipeline.atomic import write_json
-from pipeline.config import defaults
 from pipeline.download import DownloadError, fetch_many
+from pipeline.spec import add_spec_argument, spec_from_args
 
 
 def fetch_images(nocaps_json: str | Path, out: str | Path, failures_path: str | Path, workers: int,
@@ -43,17 +44,16 @@ def fetch_images(nocaps_json: str | Path, out: str | Path, failures_path: str | 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_spec_argument(parser, NocapsImagesSpec)
     parser.add_argument("--nocaps-json", required=True)
     parser.add_argument("--out", required=True, help="folder of the images (renamed into place once complete)")
     parser.add_argument("--failures", required=True, help="JSON list of the URLs that could not be fetched")
-    nocaps = defaults("evaluate", "nocaps")
-    parser.add_argument("--workers", type=int, default=nocaps["workers"], help="transfers at once")
-    parser.add_argument("--on-error", choices=("fail", "skip"), default=nocaps["on_error"])
     parser.add_argument("--retries", type=int, default=3)
 
 
 def run(args) -> None:
-    fetched, failures = fetch_images(args.nocaps_json, args.out, args.failures, args.workers, args.on_error,
+    spec = spec_from_args(NocapsImagesSpec, args)
+    fetched, failures = fetch_images(args.nocaps_json, args.out, args.failures, spec.workers, spec.on_error,
                                      args.retries)
     print(f"nocaps images -> {args.out}: {fetched} images"
           + (f"; {len(failures)} skipped (listed in {args.failures})" if failures else ""), file=sys.stderr)

@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 from captioner.data import karpathy
+from captioner.data.specs import TextSpec
 from captioner.data.vocab import Vocabulary
 from pipeline.atomic import write_json
-from pipeline.config import defaults
 from pipeline.errors import InputError
+from pipeline.spec import add_spec_argument, spec_from_args
 
 
 def prepare(karpathy_json: str | Path, vocab_path: str | Path, captions_path: str | Path, min_word_count: int,
@@ -66,14 +67,13 @@ def _prepare(karpathy_json, vocab_path, captions_path, min_word_count: int, max_
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_spec_argument(parser, TextSpec)
     parser.add_argument("--karpathy-json", required=True)
     parser.add_argument("--vocab", required=True, help="vocab.json to write")
     parser.add_argument("--captions", required=True, help="captions.json to write")
-    text = defaults("text")
-    parser.add_argument("--min-word-count", type=int, default=text["min_word_count"])
-    parser.add_argument("--max-caption-length", type=int, default=text["max_caption_length"])
 
 
 def run(args) -> None:
-    stats = prepare(args.karpathy_json, args.vocab, args.captions, args.min_word_count, args.max_caption_length)
+    spec = spec_from_args(TextSpec, args)
+    stats = prepare(args.karpathy_json, args.vocab, args.captions, spec.min_word_count, spec.max_caption_length)
     print(json.dumps(stats), file=sys.stderr)

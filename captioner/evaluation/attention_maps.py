@@ -21,8 +21,7 @@ from features.store.reader import FeatureStore
 from pipeline.atomic import atomic_path
 from pipeline.config import defaults
 from pipeline.errors import InputError
-from pipeline.spec import load as load_spec
-from pipeline.spec import parse
+from pipeline.spec import add_spec_argument, spec_from_args
 
 
 def attention_figure(image: Image.Image, words: list[str], alphas: np.ndarray, out: Path, title: str) -> None:
@@ -84,7 +83,7 @@ def render(checkpoint: str, features: str, captions: str, image_root: str, split
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--spec", required=True, help="the settings: JSON (inline or a file) of AttentionSpec (captioner/evaluation/specs.py)")
+    add_spec_argument(parser, AttentionSpec)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--features", required=True)
     parser.add_argument("--captions", required=True)
@@ -93,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", nargs="+", required=True, help="one PNG per image: the first len(out) images")
 
 def run(args) -> None:
-    spec = parse(AttentionSpec, load_spec(args.spec), "--spec")
+    spec = spec_from_args(AttentionSpec, args)
     torch.set_num_threads(args.threads)
     render(args.checkpoint, args.features, args.captions, args.image_root, spec.split, len(args.out), spec.beam_size,
            spec.max_length, args.out)

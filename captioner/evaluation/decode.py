@@ -19,12 +19,11 @@ from pipeline.atomic import write_json
 from pipeline.config import defaults
 from pipeline.device import pick_device
 from pipeline.errors import InputError
-from pipeline.spec import load as load_spec
-from pipeline.spec import parse
+from pipeline.spec import add_spec_argument, spec_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--spec", required=True, help="the settings: JSON (inline or a file) of DecodeSpec (captioner/evaluation/specs.py)")
+    add_spec_argument(parser, DecodeSpec)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--features", required=True)
     parser.add_argument("--captions", required=True)
@@ -35,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=defaults("train")["threads"])
 
 def run(args) -> None:
-    spec = parse(DecodeSpec, load_spec(args.spec), "--spec")
+    spec = spec_from_args(DecodeSpec, args)
     torch.set_num_threads(args.threads)
     if spec.beam_size < 1 or spec.max_length < 1:
         raise InputError("beam size and max length must be >= 1")

@@ -20,8 +20,7 @@ from captioner.evaluation.scoring import MeteorProcess, check_metrics, score_tok
 from captioner.evaluation.specs import ScoreSpec
 from pipeline.atomic import write_json
 from pipeline.errors import InputError
-from pipeline.spec import load as load_spec
-from pipeline.spec import parse
+from pipeline.spec import add_spec_argument, spec_from_args
 
 SUBSETS = (*DOMAINS, "entire")
 DOCUMENT_FREQUENCIES = ("per subset: each of in-domain, near-domain, out-domain and entire is scored on its own "
@@ -51,7 +50,7 @@ def score_by_domain(predictions: dict[int, str], items: list[dict], metrics) -> 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--spec", required=True, help="the settings: JSON (inline or a file) of ScoreSpec (captioner/evaluation/specs.py)")
+    add_spec_argument(parser, ScoreSpec)
     parser.add_argument("--predictions", required=True, help="the model's captions of the nocaps images")
     parser.add_argument("--beams", help="the decode's beams JSON: model, epoch and beam size go into the scores")
     parser.add_argument("--nocaps", required=True, help="the evaluation set (text/nocaps.json, job prepare-nocaps)")
@@ -65,7 +64,7 @@ def run(args) -> None:
     if nocaps.get("nocaps_split") != "val":
         raise InputError(f"{args.nocaps}: the nocaps {nocaps.get('nocaps_split')} split has no captions to score "
                          "against; submit the predictions to the EvalAI server instead")
-    metrics = parse(ScoreSpec, load_spec(args.spec), "--spec").metrics
+    metrics = spec_from_args(ScoreSpec, args).metrics
     scores = score_by_domain(predictions, nocaps["splits"][SPLIT], metrics)
     if args.beams:
         with open(args.beams, encoding="utf-8") as handle:

@@ -22,8 +22,7 @@ from pathlib import Path
 from captioner.evaluation.specs import ScoreSpec
 from pipeline.config import defaults
 from pipeline.errors import InputError, MissingKeyError, PipelineError
-from pipeline.spec import load as load_spec
-from pipeline.spec import parse
+from pipeline.spec import add_spec_argument, spec_from_args
 
 PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",
                "...", ";"}
@@ -194,7 +193,7 @@ def score_tokenized(gts: dict, res: dict, metrics=METRICS, meteor=None) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--spec", required=True, help="the settings: JSON (inline or a file) of ScoreSpec (captioner/evaluation/specs.py)")
+    add_spec_argument(parser, ScoreSpec)
     parser.add_argument("--predictions", required=True)
     parser.add_argument("--beams", help="the decode's beams JSON: model, epoch and beam size go into the scores")
     parser.add_argument("--captions", required=True)
@@ -209,7 +208,7 @@ def run(args) -> None:
         predictions = {int(p["image_id"]): p["caption"] for p in json.load(handle)}
     images = load_captions(args.captions)["splits"][args.split]
     references = {int(image["image_id"]): image["refs"] for image in images}
-    metrics = parse(ScoreSpec, load_spec(args.spec), "--spec").metrics
+    metrics = spec_from_args(ScoreSpec, args).metrics
     scores = score_captions(predictions, references, metrics)
     info = {}
     if args.beams:

@@ -19,8 +19,7 @@ from captioner.evaluation.statistics import paired_test, per_image_arrays
 from captioner.evaluation.tables import COLUMNS, runs_by_model
 from pipeline.atomic import write_json, write_text
 from pipeline.errors import InputError
-from pipeline.spec import load as load_spec
-from pipeline.spec import parse
+from pipeline.spec import add_spec_argument, spec_from_args
 
 # METEOR's corpus score is aggregated inside its Java code: the paired tests resample and swap per-image METEOR,
 # so its row is the mean of per-image scores, a different number from the results table's METEOR (on the demo
@@ -94,14 +93,14 @@ def to_markdown(results: list[dict], confidence: float, trials: int, resamples: 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--spec", required=True, help="the settings: JSON (inline or a file) of SignificanceSpec (captioner/evaluation/specs.py)")
+    add_spec_argument(parser, SignificanceSpec)
     parser.add_argument("--scores", nargs="+", required=True, help="score files (the model name is read from each)")
     parser.add_argument("--out-md", required=True)
     parser.add_argument("--out-json", required=True)
 
 def run(args) -> None:
     by_model = {model: [scores for _, scores in runs] for model, runs in runs_by_model(args.scores).items()}
-    spec = parse(SignificanceSpec, load_spec(args.spec), "--spec")
+    spec = spec_from_args(SignificanceSpec, args)
     pairs = [tuple(pair) for pair in spec.pairs] or default_pairs(list(by_model))
     results = []
     for a, b in pairs:

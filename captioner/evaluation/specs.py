@@ -51,6 +51,15 @@ class TablesSpec:
 
 
 @dataclass
+class SetTablesSpec:
+    """The evaluation sets' table (rule set_tables): bootstrap intervals as in the results tables."""
+
+    resamples: int = setting("evaluate", "bootstrap", "resamples")  # 0: no intervals
+    confidence: float = setting("evaluate", "bootstrap", "confidence")
+    seed: int = setting("evaluate", "bootstrap", "seed")
+
+
+@dataclass
 class SignificanceSpec:
     """Paired tests between models (rule significance); the pairs come from the workflow (its models)."""
 

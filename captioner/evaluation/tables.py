@@ -13,8 +13,7 @@ import numpy as np
 
 from captioner.evaluation.specs import TablesSpec
 from pipeline.atomic import write_text
-from pipeline.spec import load as load_spec
-from pipeline.spec import parse
+from pipeline.spec import add_spec_argument, spec_from_args
 
 COLUMNS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "SPICE")
 
@@ -167,7 +166,7 @@ def samples_markdown(prediction_files: list[str | Path], captions: dict, split: 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--spec", required=True, help="the settings: JSON (inline or a file) of TablesSpec (captioner/evaluation/specs.py)")
+    add_spec_argument(parser, TablesSpec)
     parser.add_argument("--scores", nargs="+", required=True)
     parser.add_argument("--out-csv", required=True)
     parser.add_argument("--out-md", required=True)
@@ -178,7 +177,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-samples", help="samples.md: a few images with every model's caption")
 
 def run(args) -> None:
-    spec = parse(TablesSpec, load_spec(args.spec), "--spec")
+    spec = spec_from_args(TablesSpec, args)
     bootstrap = {"resamples": spec.resamples, "confidence": spec.confidence, "seed": spec.seed}
     rows = build_rows(args.scores, bootstrap if spec.resamples else None)
     if spec.published_rows:

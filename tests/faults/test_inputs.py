@@ -114,7 +114,7 @@ def image(cocoid: int, split: str, captions: list[str], **extra) -> dict:
 
 def prepare_text(source: Path, out: Path) -> subprocess.CompletedProcess:
     return run("-m", "captioner", "job", "prepare-text", "--karpathy-json", str(source), "--vocab", str(out / "vocab.json"),
-               "--captions", str(out / "captions.json"), "--min-word-count", "1")
+               "--captions", str(out / "captions.json"), "--spec", '{"min_word_count": 1}')
 
 
 @pytest.mark.parametrize("fault", ["missing_sentences", "missing_split", "duplicate_id", "not_json", "no_images"])

@@ -31,8 +31,9 @@ from tests.workflow_helpers import (
     planned_jobs,
 )
 
-# one pytest-xdist worker runs them all (--dist loadgroup): they share one cluster
-pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
+# one pytest-xdist worker runs them all, one after another (make test's --dist loadfile): they share one cluster,
+# which the module's fixture starts and stops
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 SCRIPTS = Path(__file__).parent
 GPU_RULES = {"extract_features", "train", "decode"}

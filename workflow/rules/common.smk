@@ -3,8 +3,16 @@
 import shlex
 from pathlib import Path
 
+from captioner.data.specs import DemoDataSpec, DemoNocapsSpec, NocapsImagesSpec, NocapsSpec, TextSpec
 from captioner.evaluation.significance import default_pairs
-from captioner.evaluation.specs import AttentionSpec, DecodeSpec, ScoreSpec, SignificanceSpec, TablesSpec
+from captioner.evaluation.specs import (
+    AttentionSpec,
+    DecodeSpec,
+    ScoreSpec,
+    SetTablesSpec,
+    SignificanceSpec,
+    TablesSpec,
+)
 from captioner.models.registry import ModelName, model_module, objective_module
 from features.config import ExtractSpec, PretrainSpec, extractor_module, pretrain_mismatch
 from pipeline.spec import compact_json
@@ -76,8 +84,10 @@ def store_output(kind, image_set="dataset"):
 
 
 def store_path(kind, image_set="dataset"):
-    """The store of one kind of features of an image set (IMAGE_SETS)."""
-    return f"{RUN}/features/{IMAGE_SETS[image_set]['store_prefix']}{kind}{STORE_SUFFIX}"
+    """The store of one kind of features of an image set (IMAGE_SETS; also a wildcard): an evaluation-only set's
+    stores carry its name."""
+    prefix = "" if image_set == "dataset" else f"{image_set}_"
+    return f"{RUN}/features/{prefix}{kind}{STORE_SUFFIX}"
 
 
 def model_name(model):
@@ -228,17 +238,18 @@ def detector_weights_url():
     return regions["weights_url"] if regions["boxes"] == "detector" else ""
 
 
-def extract_inputs(image_set):
-    """The input function of an extraction job of an image set: its manifest and images, its boxes (regions from
-    given boxes), the weights a rule fetches or trains."""
-    images = IMAGE_SETS[image_set]
+def extract_inputs(image_set=None):
+    """The input function of an extraction job of an image set (None: the job's image_set wildcard): its manifest
+    and images, its boxes (regions from given boxes), the weights a rule fetches or trains."""
 
     def inputs(wildcards):
+        name = image_set or wildcards.image_set
+        images = IMAGE_SETS[name]
         found = {"manifest": images["manifest"], "images": images["images"]}
         if wildcards.kind == "regions" and config["features"]["regions"]["boxes"] == "given":
             if not images["boxes"]:
                 raise ValueError(
-                    f"features.regions.boxes is 'given': {images['boxes_key']} must give the {image_set} images' "
+                    f"features.regions.boxes is 'given': {images['boxes_key']} must give the {name} images' "
                     "boxes (or use boxes: detector)"
                 )
             found["boxes"] = images["boxes"]
@@ -338,9 +349,9 @@ else:  # files: the user's copies (or none)
     nocaps_root, nocaps_boxes = NOCAPS.get("image_root", ""), NOCAPS.get("boxes_json", "")
 
 
-def image_set(manifest, image_root, images, boxes, boxes_key, captions, store_prefix):
+def image_set(manifest, image_root, images, boxes, boxes_key, captions):
     """One image set: its manifest, image folder (and the inputs that track it), boxes (and the config key that
-    gives them), captions, and the prefix of its feature stores."""
+    gives them), and captions. Its feature stores: store_path."""
     return locals()
 
 
@@ -349,7 +360,7 @@ def image_set(manifest, image_root, images, boxes, boxes_key, captions, store_pr
 IMAGE_SETS = {
     # the dataset's images: training and the Karpathy val/test splits
     "dataset": image_set(
-        MANIFEST, IMAGE_ROOT, IMAGE_INPUTS, BOXES_JSON, "features.regions.boxes_json", f"{RUN}/text/captions.json", ""
+        MANIFEST, IMAGE_ROOT, IMAGE_INPUTS, BOXES_JSON, "features.regions.boxes_json", f"{RUN}/text/captions.json"
     ),
     # nocaps: evaluation only (workflow/rules/nocaps.smk); a user's own folder is not tracked file by file
     "nocaps": image_set(
@@ -359,10 +370,22 @@ IMAGE_SETS = {
         nocaps_boxes,
         "evaluate.nocaps.boxes_json",
         f"{RUN}/text/nocaps.json",
-        "nocaps_",
     ),
 }
-SPLIT_IMAGE_SET = {"val": "dataset", "test": "dataset", "nocaps": "nocaps"}
+# evaluate.sets: further Karpathy-format evaluation sets, each a config entry (workflow/rules/eval_sets.smk)
+EVAL_SETS = config["evaluate"]["sets"]
+for name, entry in EVAL_SETS.items():
+    IMAGE_SETS[name] = image_set(
+        f"{RUN}/text/sets/{name}_images.json",
+        entry["image_root"],
+        [],  # the user's folder: not tracked file by file
+        entry.get("boxes_json", ""),
+        f"evaluate.sets.{name}.boxes_json",
+        f"{RUN}/text/sets/{name}.json",
+    )
+SPLIT_IMAGE_SET = {"val": "dataset", "test": "dataset", "nocaps": "nocaps", **{name: name for name in EVAL_SETS}}
+# the evaluation-only image sets (their own stores, never trained on): rule extract_set_features
+EVALUATION_ONLY_SETS = (["nocaps"] if NOCAPS_ON else []) + list(EVAL_SETS)
 
 
 def nocaps_outputs():
@@ -385,7 +408,7 @@ def decode_captions(wildcards):
 wildcard_constraints:
     model="|".join(BUILDABLE_MODELS),
     seed=r"\d+",
-    split="val|test|nocaps" if NOCAPS_ON else "val|test",
+    split="|".join(["val", "test", *EVALUATION_ONLY_SETS]),
 
 
 # dataset.download (workflow/rules/download.smk)

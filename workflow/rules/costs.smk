@@ -5,6 +5,8 @@
 COSTS = [f"{RUN}/tables/costs.md", f"{RUN}/tables/costs.csv"]
 # every other output of the run (rule all's): once they exist, all its jobs and their benchmark files are done
 RESULTS = [TABLES, SIGNIFICANCE, attention_outputs(), extra_split_scores(), nocaps_outputs()]
+if EVAL_SETS:
+    RESULTS.append(SET_TABLES)
 
 
 rule costs:

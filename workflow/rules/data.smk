@@ -17,14 +17,11 @@ if DEMO:
         conda:
             "../../envs/data.yaml"
         params:
-            demo=config["dataset"]["demo"],
+            spec=spec_json(DemoDataSpec, config),
             out_dir=parent_dir("json"),
             code=code("captioner.data.demo"),
         shell:
-            "python -m captioner job demo-data --out {params.out_dir} --seed {params.demo[seed]}"
-            " --num-train {params.demo[num_train]} --num-val {params.demo[num_val]}"
-            " --num-test {params.demo[num_test]} --num-restval {params.demo[num_restval]}"
-            " --image-size {params.demo[image_size]} 2> {log}"
+            "python -m captioner job demo-data --spec {params.spec:q} --out {params.out_dir} 2> {log}"
 
 
 rule image_manifest:
@@ -57,10 +54,8 @@ rule prepare_text:
     conda:
         "../../envs/data.yaml"
     params:
-        min_word_count=config["text"]["min_word_count"],
-        max_caption_length=config["text"]["max_caption_length"],
+        spec=spec_json(TextSpec, config),
         code=code("captioner.data.text"),
     shell:
-        "python -m captioner job prepare-text --karpathy-json {input} --vocab {output.vocab}"
-        " --captions {output.captions} --min-word-count {params.min_word_count}"
-        " --max-caption-length {params.max_caption_length} 2> {log}"
+        "python -m captioner job prepare-text --spec {params.spec:q} --karpathy-json {input} --vocab {output.vocab}"
+        " --captions {output.captions} 2> {log}"

@@ -33,7 +33,7 @@ rule score:
     input:
         predictions=f"{EVAL_DIR}/predictions_{{split}}.json",
         beams=f"{EVAL_DIR}/predictions_{{split}}_beams.json",
-        captions=f"{RUN}/text/captions.json",
+        captions=decode_captions,
     output:
         f"{EVAL_DIR}/scores_{{split}}.json",
     log:
@@ -41,7 +41,7 @@ rule score:
     benchmark:
         f"{BENCHMARKS}/score/{{model}}.seed{{seed}}.{{split}}.tsv"
     wildcard_constraints:
-        split="val|test",  # nocaps is scored per domain (rule score_nocaps)
+        split="|".join(["val", "test", *EVAL_SETS]),  # nocaps is scored per domain (rule score_nocaps)
     conda:
         "../../envs/evaluate.yaml"
     params:

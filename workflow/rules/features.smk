@@ -82,3 +82,25 @@ if SHARDS > 1:
             code=code("features.store.merge"),
         shell:
             "python -m features job merge --out {output} {input} 2> {log}"
+
+
+if EVALUATION_ONLY_SETS:
+
+    use rule extract_features as extract_set_features with:
+        # the images of an evaluation-only set (nocaps, evaluate.sets) through the same extractors
+        input:
+            unpack(extract_inputs()),
+        output:
+            store_output("{kind}", "{image_set}"),
+        log:
+            f"{LOGS}/extract_features/{{image_set}}_{{kind}}.log",
+        benchmark:
+            f"{BENCHMARKS}/extract_features/{{image_set}}_{{kind}}.tsv"
+        wildcard_constraints:
+            image_set="|".join(EVALUATION_ONLY_SETS),
+        priority: 0  # the training stores first: nothing trains on these
+        params:
+            args=lambda wc: extract_args(wc.kind, wc.image_set),
+            shard=0,
+            shards=1,
+            code=lambda wc: extract_code(wc.kind),

@@ -19,13 +19,11 @@ if NOCAPS["source"] == "demo":
         conda:
             "../../envs/data.yaml"
         params:
-            demo=NOCAPS["demo"],
+            spec=spec_json(DemoNocapsSpec, config),
             out_dir=parent_dir("json"),
-            image_size=config["dataset"]["demo"]["image_size"],
             code=code("captioner.data.demo_nocaps"),
         shell:
-            "python -m captioner job demo-nocaps --out {params.out_dir} --seed {params.demo[seed]}"
-            " --num-images {params.demo[num_images]} --image-size {params.image_size} 2> {log}"
+            "python -m captioner job demo-nocaps --spec {params.spec:q} --out {params.out_dir} 2> {log}"
 
 
 if NOCAPS["source"] == "download":
@@ -65,11 +63,10 @@ if NOCAPS["source"] == "download":
             "../../envs/download.yaml"
         params:
             failures=f"{NOCAPS['root']}/nocaps_{NOCAPS_SPLIT}_failures.json",
-            workers=NOCAPS["workers"],
-            on_error=NOCAPS["on_error"],
+            spec=spec_json(NocapsImagesSpec, config),
         shell:
-            "python -m captioner job nocaps-images --nocaps-json {input} --out {output} --failures {params.failures}"
-            " --workers {params.workers} --on-error {params.on_error} 2>&1 | tee {log} >&2"
+            "python -m captioner job nocaps-images --spec {params.spec:q} --nocaps-json {input} --out {output}"
+            " --failures {params.failures} 2>&1 | tee {log} >&2"
 
 
 rule prepare_nocaps:
@@ -86,31 +83,12 @@ rule prepare_nocaps:
     conda:
         "../../envs/data.yaml"
     params:
-        split=NOCAPS_SPLIT,
+        spec=spec_json(NocapsSpec, config),
         image_root=lambda wildcards: IMAGE_SETS["nocaps"]["image_root"],
-        on_missing=NOCAPS["on_error"],
         code=code("captioner.data.nocaps"),
     shell:
-        "python -m captioner job prepare-nocaps --nocaps-json {input.json} --split {params.split}"
-        " --captions {output.captions} --manifest {output.manifest} --image-root {params.image_root}"
-        " --on-missing {params.on_missing} 2> {log}"
-
-
-use rule extract_features as extract_nocaps_features with:
-    input:
-        unpack(extract_inputs("nocaps")),
-    output:
-        store_output("{kind}", "nocaps"),
-    log:
-        f"{LOGS}/extract_features/nocaps_{{kind}}.log",
-    benchmark:
-        f"{BENCHMARKS}/extract_features/nocaps_{{kind}}.tsv"
-    priority: 0  # the training stores first: nothing trains on these
-    params:
-        args=lambda wc: extract_args(wc.kind, "nocaps"),
-        shard=0,
-        shards=1,
-        code=lambda wc: extract_code(wc.kind),
+        "python -m captioner job prepare-nocaps --spec {params.spec:q} --nocaps-json {input.json}"
+        " --captions {output.captions} --manifest {output.manifest} --image-root {params.image_root} 2> {log}"
 
 
 if NOCAPS_SPLIT == "val":

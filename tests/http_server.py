@@ -14,7 +14,8 @@ class Server:
 
     ``drop_after[name] = n`` closes the next response for ``name`` after n bytes of its body; ``requests`` logs
     (name, Range header) per request and ``headers`` each request's headers; ``delay`` holds each response that
-    long, and ``max_active`` records the most responses in flight at once (to check a bound on concurrency).
+    long, and ``max_active`` records the most requests held in that delay at once (a bound on the client's
+concurrency: a client thread waits for its response there).
 
     Misbehaviour, per file name: ``range_from[name] = k`` answers every Range request with a 206 whose body starts
     at byte k, whatever was asked (a proxy serving from 0); ``gzip`` (a set) serves the file gzip-encoded when the
@@ -49,10 +50,12 @@ class Server:
                     outer.max_active = max(outer.max_active, outer.active)
                 try:
                     time.sleep(outer.delay)
-                    self.respond()
                 finally:
+                    # counted until the response starts: a client may read the whole body and send its next request
+                    # before this thread has returned, so counting to the end would see one transfer twice
                     with outer.lock:
                         outer.active -= 1
+                self.respond()
 
             def respond(self):
                 name = self.path.lstrip("/")

@@ -188,6 +188,7 @@ TRAINED = "results/tiny/models/sat_soft/seed0"
 STOP_SAVED = re.compile(r"^(\S+) sat_soft: saved \S+ at batch (\d+) of epoch (\d+) \(step (\d+)\)$", re.MULTILINE)
 RESUMED = re.compile(r"^(\S+) resuming sat_soft from \S+ after epoch \d+, batch (\d+) of epoch (\d+) \(step (\d+)\)$",
                      re.MULTILINE)
+RESUMED_AFTER_TRAINING = re.compile(r"^(\S+) resuming sat_soft from \S+ after epoch (\d+) \(step (\d+)\)$", re.MULTILINE)
 
 
 # training in all, whatever the machine: the first job is stopped by hand after an epoch, each next one by SLURM's
@@ -283,7 +284,11 @@ def test_training_longer_than_its_time_limit_finishes_in_chunks_like_a_local_run
     history = (chunked / TRAINED / "history.log").read_text()
     saves, resumes = STOP_SAVED.findall(history), RESUMED.findall(history)
     stops = [line for line in history.splitlines() if "stopping after this step" in line]
-    assert len(stops) == len(jobs) - 1 and len(resumes) == len(jobs) - 1, history
+    # a job whose warning comes after the last step (its start-up was slow: a busy machine) is ended at its limit
+    # while writing the final files; the next job resumes after the last epoch and only writes them
+    finished = RESUMED_AFTER_TRAINING.findall(history)
+    assert len(finished) <= 1 and all(int(epoch) == epochs for _, epoch, _ in finished), history
+    assert len(stops) == len(resumes) and len(resumes) + len(finished) == len(jobs) - 1, history
     # each job continued at the batch the previous one saved, and the first saved right after the scancel
     assert [save[1:] for save in saves[-len(resumes):]] == [resume[1:] for resume in resumes], history
     first_save = datetime.fromisoformat(saves[0][0])

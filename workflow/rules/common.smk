@@ -3,20 +3,10 @@
 import shlex
 from pathlib import Path
 
-from captioner.data.specs import DemoDataSpec, DemoNocapsSpec, NocapsImagesSpec, NocapsSpec, TextSpec
 from captioner.evaluation.significance import default_pairs
-from captioner.evaluation.specs import (
-    AttentionSpec,
-    DecodeSpec,
-    ScoreSpec,
-    SetTablesSpec,
-    SignificanceSpec,
-    TablesSpec,
-)
 from captioner.models.registry import ModelName, model_module, objective_module
-from features.config import ExtractSpec, PretrainSpec, extractor_module, pretrain_mismatch
-from pipeline.spec import compact_json
-from pipeline.spec import to_json as spec_json
+from features.config import ExtractSpec, extractor_module, pretrain_mismatch
+from pipeline.spec import compact_json, to_json as spec_json
 from pipeline.provenance import code_hash
 
 PROJECT_ROOT = Path(workflow.basedir)

@@ -1,7 +1,7 @@
 # Stage 0: the dataset (generated demo, or the user's Karpathy COCO files), the image manifest the feature stage
 # reads, and text preparation. The manifest and the text are separate jobs: editing the caption code never
 # re-extracts features.
-
+from captioner.data.specs import DemoDataSpec, TextSpec
 
 if DEMO:
 

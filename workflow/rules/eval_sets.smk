@@ -2,6 +2,7 @@
 # split becomes text/sets/<name>.json and a manifest; its images go through the run's extractors (rule
 # extract_set_features), every trained model decodes and scores it (rules decode and score, split <name>), and
 # tables/sets.* lists them all.
+from captioner.evaluation.specs import SetTablesSpec
 
 SET_TABLES = [f"{RUN}/tables/sets.csv", f"{RUN}/tables/sets.md"]
 

@@ -1,4 +1,5 @@
 # Stage 3: beam-search the evaluation split, score with pycocoevalcap, write the results tables.
+from captioner.evaluation.specs import AttentionSpec, DecodeSpec, ScoreSpec, SignificanceSpec, TablesSpec
 
 EVALUATE = config["evaluate"]
 

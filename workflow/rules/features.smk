@@ -1,6 +1,7 @@
 # Stage 1: grid features (Show-Attend-Tell) and region features (M²) into chunked stores.
 # With features.shards = N > 1 each kind is extracted by N independent jobs (one GPU each, e.g. N SLURM
 # jobs at once) over disjoint slices of the images, then merged into the single store training reads.
+from features.config import PretrainSpec
 
 SHARDS = config["features"]["shards"]
 

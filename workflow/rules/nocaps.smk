@@ -2,7 +2,8 @@
 # as the training images into their own stores, every trained model decodes them (rule decode, split "nocaps"), and
 # the validation split is scored per domain (in / near / out / entire) into tables/nocaps.*; the test split ends in
 # each model's predictions_nocaps.json, the EvalAI submission file.
-
+from captioner.data.specs import DemoNocapsSpec, NocapsImagesSpec, NocapsSpec
+from captioner.evaluation.specs import ScoreSpec
 
 if NOCAPS["source"] == "demo":
 

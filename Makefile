@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed
 CORES ?= all
 # the `gpu` resource: the GPUs here, or with none one per core (the jobs then run side by side on the CPU)
 GPUS ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); [ "$$n" -gt 0 ] && echo $$n || nproc)
-# the tests across the cores (pytest-xdist), at most 4 workers. One worker per test file (loadfile): the SLURM tests
-# share one cluster, started and stopped by their module. (loadgroup would be finer, but pytest-xdist 3.8 cannot group
-# under pytest 9.2, whose Node.nodeid no longer reads the _nodeid its groups are written to.) The session fixtures
-# are built once for all workers (tests/conftest.py).
-TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
-PYTEST_ARGS ?= -n $(TEST_WORKERS) --dist loadfile
+# the tests across the cores (pytest-xdist), one worker more than the cores (at most 4): most tests wait on
+# subprocesses. A file's tests on one worker (loadfile): the SLURM tests share one cluster, started and stopped by their
+# module; files go out longest first, in tests/conftest.py's order. (loadgroup would be finer, but pytest-xdist 3.8
+# cannot group under pytest 9.2, whose Node.nodeid no longer reads the _nodeid it writes groups to.) The session
+# fixtures are built once for all workers.
+TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n + 1 < 4 ? n + 1 : 4 )))
+PYTEST_ARGS ?= -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # jobs run `python -m captioner ...`: make sure that is the virtual environment's python
 export PATH := $(BIN):$(PATH)

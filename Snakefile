@@ -21,7 +21,7 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 
 
-if DOWNLOAD:
+if FETCH:
 
     include: "workflow/rules/download.smk"
 

@@ -39,3 +39,14 @@ def finished_run(tmp_path_factory):
         return workdir
 
     return built_once(tmp_path_factory, "finished_run", run)
+
+
+def pytest_collection_modifyitems(items):
+    """Longest files first, for pytest-xdist (make test runs it with --dist loadfile --no-loadscope-reorder, one
+    file per worker at a time, in this order): the SLURM tests (one worker's ~10 minutes, mostly waiting), then the
+    files with the most end-to-end (slow) tests; started last, either would be the run's tail. A stable sort: the
+    tests of a file keep their order."""
+    slow = {}
+    for item in items:
+        slow[item.fspath] = slow.get(item.fspath, 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: (item.get_closest_marker("slurm") is None, -slow[item.fspath]))

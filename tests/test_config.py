@@ -192,13 +192,21 @@ def restated_defaults(config: dict, node: dict, path: tuple = ()) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("name", ["config/config.yaml", "config/coco.yaml"])
+SHIPPED_CONFIGS = sorted(str(path.relative_to(PROJECT)) for path in (PROJECT / "config").glob("*.yaml"))
+
+
+def test_every_dataset_has_its_shipped_config():
+    assert SHIPPED_CONFIGS == ["config/coco.yaml", "config/config.yaml", "config/flickr30k.yaml",
+                               "config/flickr8k.yaml"]
+
+
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
 def test_the_shipped_configs_state_only_what_differs_from_the_defaults(name):
     """So a reader sees what a recipe changes: a value equal to its default is noise, and hides a later change of
     the default."""
     config = yaml.safe_load((PROJECT / name).read_text())
     assert restated_defaults(config, schema()) == []
     # the checker itself: a restated default is found
-    config["sat"]["batch_size"] = defaults("sat")["batch_size"]
-    config["m2"]["model"] = {"heads": 8}
+    config.setdefault("sat", {})["batch_size"] = defaults("sat")["batch_size"]
+    config.setdefault("m2", {})["model"] = {"heads": 8}
     assert restated_defaults(config, schema()) == ["sat.batch_size", "m2.model.heads"]

@@ -110,7 +110,7 @@ def test_the_dag_fetches_verifies_unpacks_and_scores_and_a_rerun_fetches_nothing
         config["dataset"]["sources"]["val2014"]["url"] = f"{server.url}/val2014.zip"
         write(workdir, config)
         planned = planned_jobs(workdir, configfile="coco.yaml")
-        assert "coco_images" in planned and planned["coco_images"] == 1  # train2014/ is done: only val2014
+        assert "image_archive" in planned and planned["image_archive"] == 1  # train2014/ is done: only val2014
         assert planned["karpathy_json"] == 1
         snakemake(workdir, configfile="coco.yaml")
         with open(workdir / "results/tiny/tables/scores.csv") as handle:
@@ -132,25 +132,36 @@ def test_the_coco_config_plans_every_download_before_the_jobs_that_read_it(tmp_p
 
     workdir = copy_workflow(tmp_path / "project")
     planned = planned_jobs(workdir, configfile="config/coco.yaml")
-    assert planned["coco_images"] == 2 and planned["karpathy_json"] == 1
+    assert planned["image_archive"] == 2 and planned["karpathy_json"] == 1
     assert planned["torchvision_weights"] == 1 and planned["detector_weights"] == 1
     assert planned["extract_features"] == 2 and planned["tables"] == 1
     assert planned["nocaps_json"] == 1 and planned["nocaps_images"] == 1 and planned["nocaps_tables"] == 1
     graph = snakemake(workdir, "--rulegraph", configfile="config/coco.yaml").stdout
     names = dict(re.findall(r'(\d+)\[label = "(\w+)"', graph))
     edges = {(names[a], names[b]) for a, b in re.findall(r"(\d+) -> (\d+)", graph)}
-    for download in ("coco_images", "torchvision_weights", "detector_weights"):
+    for download in ("image_archive", "torchvision_weights", "detector_weights"):
         assert (download, "extract_features") in edges
     assert ("nocaps_images", "prepare_nocaps") in edges and ("nocaps_json", "nocaps_images") in edges
     assert ("detector_weights", "extract_set_features") in edges
     assert ("karpathy_json", "image_manifest") in edges and ("karpathy_json", "prepare_text") in edges
     # with download off, the same config names your own copies and nothing is fetched
     config = yaml.safe_load((workdir / "config/coco.yaml").read_text())
-    config["dataset"] = {"source": "karpathy", "download": False, "karpathy_json": "/data/coco/dataset_coco.json",
-                         "image_root": "/data/coco"}
+    own = tmp_path / "own"
+    (own / "train2014").mkdir(parents=True)
+    (own / "dataset_coco.json").write_text("{}")
+    config["dataset"] = {"source": "karpathy", "download": False, "karpathy_json": str(own / "dataset_coco.json"),
+                         "image_root": str(own)}
     config["features"]["regions"]["weights"] = str(PROJECT / "README.md")  # any existing file
     config["evaluate"]["nocaps"] = {"source": "none"}
     (workdir / "own.yaml").write_text(yaml.safe_dump(config))
-    result = snakemake(workdir, "-n", configfile="own.yaml", check=False)
+    result = snakemake(workdir, "-n", configfile="own.yaml")
     output = result.stdout + result.stderr
-    assert not any(rule in output for rule in ("coco_images", "karpathy_json", "torchvision_weights", "nocaps_json"))
+    assert "extract_features" in output
+    assert not any(rule in output for rule in ("image_archive", "karpathy_json", "torchvision_weights", "nocaps_json"))
+    # ... and an image folder that is not there is named, with where the images come from
+    config["dataset"]["image_root"] = str(tmp_path / "elsewhere")
+    (workdir / "own.yaml").write_text(yaml.safe_dump(config))
+    missing = snakemake(workdir, "-n", configfile="own.yaml", check=False)
+    assert missing.returncode != 0
+    assert (f"dataset.image_root {tmp_path / 'elsewhere'} is not a folder: coco's images come from "
+            "http://images.cocodataset.org") in missing.stdout + missing.stderr

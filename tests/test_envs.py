@@ -124,7 +124,7 @@ def distributions(import_name: str) -> set[str]:
 def test_every_rule_that_runs_project_code_is_found():
     found = rules()
     for rule in ("demo_data", "prepare_text", "pretrain_backbone", "extract_features", "train", "decode", "score",
-                 "tables", "significance", "costs", "coco_images", "score_nocaps", "extract_set_features"):
+                 "tables", "significance", "costs", "image_archive", "score_nocaps", "extract_set_features"):
         assert rule in found, sorted(found)
     assert found["train"][0] == "envs/train.yaml" and "captioner.models.m2" in found["train"][1]
     assert found["extract_set_features"][0] == "envs/features.yaml"

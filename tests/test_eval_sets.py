@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -15,38 +14,14 @@ import pytest
 import yaml
 
 from captioner.data import eval_set
-from captioner.data.demo import generate
 from captioner.evaluation.scoring import score_captions
 from pipeline.errors import InputError
 from pipeline.manifest import read_manifest
-from tests.workflow_helpers import PROJECT, TINY_CONFIG, clone_run, edit_config, planned_jobs, snakemake
+from tests.workflow_helpers import PROJECT, TINY_CONFIG, clone_run, edit_config, flickr_shaped, planned_jobs, snakemake
 
 RUN = "results/tiny"
 MODELS = ["sat_soft", "sat_hard", "m2_xe", "m2_scst", "sat_soft_blind"]
 SET = "flickr_tiny"
-
-
-def flickr_shaped(folder: Path, num_test: int = 6) -> Path:
-    """A small dataset in the shape of Karpathy's dataset_flickr8k.json: ``imgid`` ids only, Flickr-style file names
-    in one flat folder, no ``filepath``; boxes keyed by those ids. Drawn by the demo generator with another seed than
-    the training set's."""
-    demo = generate(folder / "drawn", seed=7, num_train=3, num_val=2, num_test=num_test, num_restval=0,
-                    image_size=128)
-    assert demo["images"] == 5 + num_test
-    drawn = json.loads((folder / "drawn/dataset_coco.json").read_text())
-    boxes = json.loads((folder / "drawn/boxes.json").read_text())
-    (folder / "images").mkdir()
-    images, flickr_boxes = [], {}
-    for index, entry in enumerate(drawn["images"]):
-        name = f"{2000000000 + 7919 * index}_{index:04x}a1b2c3.jpg"
-        shutil.copy(folder / "drawn" / entry["filepath"] / entry["filename"], folder / "images" / name)
-        images.append({"sentids": entry["sentids"], "imgid": index, "split": entry["split"], "filename": name,
-                       "sentences": [{**s, "imgid": index} for s in entry["sentences"]]})
-        flickr_boxes[str(index)] = boxes[str(entry["cocoid"])]
-    (folder / "dataset_flickr8k.json").write_text(json.dumps({"images": images, "dataset": "flickr8k"}))
-    (folder / "boxes.json").write_text(json.dumps(flickr_boxes))
-    shutil.rmtree(folder / "drawn")
-    return folder
 
 
 def set_entry(folder: Path) -> dict:

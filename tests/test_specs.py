@@ -92,7 +92,7 @@ def test_specs_read_from_the_shipped_configs_parse_to_the_config_values():
     import yaml
     from snakemake.utils import validate
 
-    for name in ("config.yaml", "coco.yaml"):
+    for name in ("config.yaml", "coco.yaml", "flickr8k.yaml", "flickr30k.yaml"):
         config = yaml.safe_load((PROJECT / "config" / name).read_text())
         validate(config, str(PROJECT / "workflow/schemas/config.schema.yaml"))  # fills the defaults, as the workflow
         for cls in (evaluation_specs.DecodeSpec, evaluation_specs.TablesSpec, feature_config.PretrainSpec,

@@ -20,11 +20,24 @@ def test_tables_come_from_score_files(tmp_path):
     assert [r["model"] for r in table] == ["sat_soft", "sat_soft_blind"]
     assert table[0]["CIDEr-D"] == "101.23" and table[1]["BLEU-4"] == "10.5" and table[0]["epoch"] == "3"
     assert "| `sat_soft` | 30.0 | 101.2 | 5 | 3 |" in to_markdown(rows)
-    markdown = to_markdown(rows + published_rows(), "demo")
+    markdown = to_markdown(rows + published_rows("coco"), "demo")
     assert "| `sat_soft` | – | – | – | 30.0 | – | – | 101.2 | – | 5 | 3 |" in markdown
-    assert "*published: Cornia et al. 2020, M² Transformer*" in markdown and "131.2" in markdown
-    assert "not produced by this pipeline" in markdown
+    assert "*published: Cornia et al. 2020, M² Transformer, COCO*" in markdown and "131.2" in markdown
+    assert "not produced by this pipeline" in markdown and "(5,000 images)" in markdown
     assert "published" not in to_markdown(rows)
+
+
+def test_the_published_rows_are_those_of_the_dataset_run():
+    flickr8k = {row["model"]: row for row in published_rows("flickr8k")}
+    assert set(flickr8k) == {"published: Xu et al. 2015, soft attention (VGG), Flickr8k",
+                             "published: Xu et al. 2015, hard attention (VGG), Flickr8k"}  # M² reports COCO only
+    assert flickr8k["published: Xu et al. 2015, soft attention (VGG), Flickr8k"]["BLEU-4"] == 19.5
+    assert {row["model"]: row["BLEU-4"] for row in published_rows("flickr30k")} == {
+        "published: Xu et al. 2015, soft attention (VGG), Flickr30k": 19.1,
+        "published: Xu et al. 2015, hard attention (VGG), Flickr30k": 19.9}
+    assert all(row["images"] == 1000 for row in published_rows("flickr30k"))
+    assert "(1,000 images)" in to_markdown(published_rows("flickr8k"))
+    assert {row["BLEU-4"] for row in published_rows("coco")} == {24.3, 25.0, 39.1}
 
 
 def test_samples_list_every_model_next_to_a_reference(tmp_path):

@@ -140,6 +140,14 @@ SAT = [m for m in MODELS if m.startswith("sat")]
 M2 = [m for m in MODELS if m.startswith("m2")]
 
 
+def test_a_recipe_key_added_later_retrains_nothing_at_its_old_value(run_copy):
+    """sat.optimizer came after runs existed (Adam only): naming Adam plans nothing; RMSProp retrains SAT."""
+    edit_config(run_copy, lambda c: c["sat"].__setitem__("optimizer", "adam"))
+    assert planned_jobs(run_copy) == Counter()
+    edit_config(run_copy, lambda c: c["sat"].__setitem__("optimizer", "rmsprop"))
+    assert planned_jobs(run_copy) == after_training(SAT)
+
+
 def after_training(models) -> Counter:
     """The jobs that retraining ``models`` plans: their training, decoding, scoring, attention figures, tables."""
     jobs = Counter(train=len(models), decode=len(models), score=len(models), tables=1, significance=1, costs=1, all=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -99,3 +100,28 @@ def edit_config(workdir: Path, edit, configfile: str = TINY_CONFIG) -> None:
     config = yaml.safe_load(path.read_text())
     edit(config)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def flickr_shaped(folder: Path, num_train: int = 3, num_val: int = 2, num_test: int = 6) -> Path:
+    """A small dataset in the shape of Karpathy's dataset_flickr8k.json: ``imgid`` ids only, Flickr-style file names
+    in one flat folder, no ``filepath``; boxes keyed by those ids. Drawn by the demo generator with another seed than
+    the training set's."""
+    from captioner.data.demo import generate
+
+    demo = generate(folder / "drawn", seed=7, num_train=num_train, num_val=num_val, num_test=num_test,
+                    num_restval=0, image_size=128)
+    assert demo["images"] == num_train + num_val + num_test
+    drawn = json.loads((folder / "drawn/dataset_coco.json").read_text())
+    boxes = json.loads((folder / "drawn/boxes.json").read_text())
+    (folder / "images").mkdir()
+    images, flickr_boxes = [], {}
+    for index, entry in enumerate(drawn["images"]):
+        name = f"{2000000000 + 7919 * index}_{index:04x}a1b2c3.jpg"
+        shutil.copy(folder / "drawn" / entry["filepath"] / entry["filename"], folder / "images" / name)
+        images.append({"sentids": entry["sentids"], "imgid": index, "split": entry["split"], "filename": name,
+                       "sentences": [{**s, "imgid": index} for s in entry["sentences"]]})
+        flickr_boxes[str(index)] = boxes[str(entry["cocoid"])]
+    (folder / "dataset_flickr8k.json").write_text(json.dumps({"images": images, "dataset": "flickr8k"}))
+    (folder / "boxes.json").write_text(json.dumps(flickr_boxes))
+    shutil.rmtree(folder / "drawn")
+    return folder

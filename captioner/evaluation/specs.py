@@ -45,6 +45,7 @@ class TablesSpec:
 
     split: Split = setting("evaluate", "split")
     published_rows: bool = setting("evaluate", "published_rows")
+    dataset: Literal["coco", "flickr8k", "flickr30k"] = setting("dataset", "name")  # whose published rows
     resamples: int = setting("evaluate", "bootstrap", "resamples")  # 0: no intervals
     confidence: float = setting("evaluate", "bootstrap", "confidence")
     seed: int = setting("evaluate", "bootstrap", "seed")

@@ -48,6 +48,11 @@ class Objective(torch.nn.Module):
         raise NotImplementedError
 
     def optimizer(self) -> torch.optim.Optimizer:
+        if self.hp.get("optimizer", "adam") == "rmsprop":
+            # arctic-captions' RMSProp (Graves 2013: centred, momentum 0.9, decay 0.95). It adds 1e-4 under the square
+            # root, torch adds eps after it: eps = sqrt(1e-4) keeps the step within a factor sqrt(2) of theirs
+            return torch.optim.RMSprop(self.model.parameters(), lr=float(self.hp["lr"]), alpha=0.95, eps=1e-2,
+                                       momentum=0.9, centered=True)
         return torch.optim.Adam(self.model.parameters(), lr=float(self.hp["lr"]),
                                 betas=(0.9, float(self.hp["adam_beta2"])))
 

@@ -12,13 +12,15 @@ from typing import Any, Literal
 from pipeline.spec import Precision, parse, setting
 
 XeBatches = Literal["shuffled_pairs", "by_image"]  # cross-entropy batches: (image, caption) pairs, or whole images
+Optimizer = Literal["adam", "rmsprop"]  # SAT: Adam (Flickr30k, COCO) or RMSProp (the paper's Flickr8k)
 
 # every family's keys ($defs/training in the schema), then each family's own
 TRAINING = {"epochs": int, "batch_size": int, "lr": float, "adam_beta2": float, "grad_clip": float, "patience": int,
             "seed": int, "feature_norm_images": int, "val_max_length": int, "collapse_repeats": bool,
             "preload_features": bool, "precision": Precision, "xe_batches": XeBatches}
 FAMILY_KEYS = {
-    "sat": {"entropy_weight": float, "reinforce_scale": float, "baseline_decay": float, "expected_context_p": float},
+    "sat": {"entropy_weight": float, "reinforce_scale": float, "baseline_decay": float, "expected_context_p": float,
+            "optimizer": Optimizer},
     "m2": {"warmup": int, "scst_lr": float, "scst_epochs": int, "scst_beam_size": int, "scst_max_length": int,
            "scst_batch_images": int},
 }

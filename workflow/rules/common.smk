@@ -36,7 +36,34 @@ SIGNIFICANCE = [f"{RUN}/tables/significance.md", f"{RUN}/tables/significance.jso
 DOWNLOAD = not DEMO and config["dataset"]["download"]
 DATA_ROOT = config["dataset"]["root"]
 WEIGHTS_ROOT = config["dataset"]["weights_root"]
-COCO_FOLDERS = ["train2014", "val2014"]  # the top folders of COCO's zips, and the Karpathy JSON's "filepath"
+
+
+def karpathy_dataset(archives, image_folder, obtain):
+    """One of Karpathy's datasets: its image archives ({dataset.sources key: the folder each unpacks to under
+    dataset.root}), the folder its JSON's image paths start in ("": COCO's paths carry their folder), and where
+    its images come from (for the error when they are absent)."""
+    return locals()
+
+
+# Datasets as data: which of them a run uses is dataset.name; their JSON is dataset_<name>.json in Karpathy's zip
+DATASETS = {
+    "coco": karpathy_dataset({"train2014": "train2014", "val2014": "val2014"}, "", "http://images.cocodataset.org"),
+    "flickr8k": karpathy_dataset(
+        {"flickr8k_images": "Flicker8k_Dataset"},  # (sic: the zip's folder)
+        "Flicker8k_Dataset",
+        "Flickr8k_Dataset.zip (dataset.sources.flickr8k_images.url)",
+    ),
+    "flickr30k": karpathy_dataset(
+        {"flickr30k_images": "flickr30k-images"},
+        "flickr30k-images",
+        "the request form at http://hockenmaier.cs.illinois.edu/DenotationGraph/ (31,783 JPEGs)",
+    ),
+}
+DATASET_NAME = config["dataset"]["name"]
+DATASET = DATASETS[DATASET_NAME]
+# What is public is fetched: with download: true everything; with download: false and no karpathy_json given,
+# everything but the images (your copy, image_root): Karpathy's JSON and the weights the config names
+FETCH = not DEMO and (DOWNLOAD or "karpathy_json" not in config["dataset"])
 # SHA-256 pins of downloads without a published checksum, beside the config file (config/coco.lock.json)
 CONFIG_FILE = Path((workflow.overwrite_configfiles or ["config/config.yaml"])[-1])
 LOCK_FILE = str(CONFIG_FILE.with_name(f"{CONFIG_FILE.stem}.lock.json"))
@@ -53,15 +80,29 @@ elif DOWNLOAD:
             f"dataset.download is true, so the data goes to dataset.root ({DATA_ROOT}); remove "
             f"dataset.{given[0]}, or set dataset.download: false to use your own copies"
         )
-    KARPATHY_JSON = f"{DATA_ROOT}/dataset_coco.json"
-    IMAGE_ROOT = DATA_ROOT
+    KARPATHY_JSON = f"{DATA_ROOT}/dataset_{DATASET_NAME}.json"
+    IMAGE_ROOT = f"{DATA_ROOT}/{DATASET['image_folder']}".rstrip("/")
     BOXES_JSON = config["features"]["regions"].get("boxes_json", "")
-    IMAGE_INPUTS = [f"{DATA_ROOT}/{folder}" for folder in COCO_FOLDERS]
+    IMAGE_INPUTS = [f"{DATA_ROOT}/{folder}" for folder in DATASET["archives"].values()]
+    for key, folder in DATASET["archives"].items():  # no public copy (Flickr30k): placed by hand
+        if not config["dataset"]["sources"][key].get("url") and not Path(DATA_ROOT, folder).is_dir():
+            raise ValueError(
+                f"{DATA_ROOT}/{folder}: {DATASET_NAME}'s images are not there and have no download URL; get them "
+                f"from {DATASET['obtain']} and unpack them as {DATA_ROOT}/{folder}/, or set "
+                f"dataset.sources.{key}.url (and sha256) to a copy you trust"
+            )
 else:
-    KARPATHY_JSON = config["dataset"]["karpathy_json"]
+    KARPATHY_JSON = config["dataset"].get("karpathy_json") or f"{DATA_ROOT}/dataset_{DATASET_NAME}.json"
     IMAGE_ROOT = config["dataset"]["image_root"]
     BOXES_JSON = config["features"]["regions"].get("boxes_json", "")
     IMAGE_INPUTS = []  # the user's image root: a fixed external folder (not tracked file by file)
+    if not Path(IMAGE_ROOT).is_dir():
+        fetchable = all(config["dataset"]["sources"][key].get("url") for key in DATASET["archives"])
+        raise ValueError(
+            f"dataset.image_root {IMAGE_ROOT} is not a folder: {DATASET_NAME}'s images come from {DATASET['obtain']}; "
+            "put them there (where the JSON's file names are)"
+            + (", or set dataset.download: true to fetch them" if fetchable else "")
+        )
 
 
 def code(*modules):
@@ -126,10 +167,19 @@ def seeds_of(model):
     return config["train"].get("seeds") or [hparams(model)["seed"]]
 
 
+# recipe keys added after runs existed, with the value those runs had: they join a job's recipe only when set to
+# something else, so adding them retrains nothing
+ADDED_RECIPE_KEYS = {"optimizer": "adam"}
+
+
 def seed_hparams(model, seed):
     """The recipe of one seed's training job: the seed list becomes that job's seed; train.ema_decay joins it when
     set (a setting of every model that changes what they learn)."""
-    recipe = {key: value for key, value in hparams(model).items() if key != "seeds"}
+    recipe = {
+        key: value
+        for key, value in hparams(model).items()
+        if key != "seeds" and ADDED_RECIPE_KEYS.get(key, object()) != value
+    }
     ema = {"ema_decay": config["train"]["ema_decay"]} if config["train"]["ema_decay"] else {}
     return {**recipe, "seed": int(seed), **ema}
 
@@ -192,10 +242,10 @@ def torchvision_weights_name(weights):
 
 
 def weights_path(kind):
-    """`weights: pretrain` means the trunk trained by rule pretrain_backbone; with dataset.download a torchvision
-    name means the file rule torchvision_weights fetched; anything else is passed on."""
+    """`weights: pretrain` means the trunk trained by rule pretrain_backbone; where public files are fetched (FETCH)
+    a torchvision name means the file rule torchvision_weights fetched; anything else is passed on."""
     weights = config["features"][kind]["weights"]
-    if DOWNLOAD and torchvision_weights_name(weights):
+    if FETCH and torchvision_weights_name(weights):
         return f"{WEIGHTS_ROOT}/{config['features'][kind]['backbone']}-{weights}.pth"
     if weights != "pretrain":
         return weights
@@ -216,9 +266,9 @@ MANIFEST = f"{RUN}/text/images.json"
 def fetched_weights(kind):
     """The weights file of this kind that a rule produces (pretrain, download), or None."""
     weights = config["features"][kind]["weights"]
-    if weights == "pretrain" or (DOWNLOAD and torchvision_weights_name(weights)):
+    if weights == "pretrain" or (FETCH and torchvision_weights_name(weights)):
         return weights_path(kind)
-    if kind == "regions" and DOWNLOAD and detector_weights_url():
+    if kind == "regions" and FETCH and detector_weights_url():
         return weights
     return None
 
@@ -408,12 +458,14 @@ ZIP_DIR = f"{DATA_ROOT}/zips"
 
 
 def fetch_zip_command(source, zip_path):
-    """Download and verify one zip; the space check counts the zip twice (the zip, then what is unpacked)."""
+    """Download and verify one zip: its published size and SHA-256, or with none published the SHA-256 pinned in
+    LOCK_FILE on first download; the space check counts the zip twice (the zip, then what is unpacked)."""
     s = SOURCES[source]
-    return (
-        f"python -m captioner download --url {shlex.quote(s['url'])} --out {zip_path} --size {s['size']}"
-        f" --sha256 {s['sha256']} --extra-space {s['size']}"
-    )
+    # (for COCO the same command as before datasets were data: a changed param would fetch 20 GB again)
+    size = f" --size {s['size']}" if "size" in s else ""
+    digest = f" --sha256 {s['sha256']}" if "sha256" in s else f" --lock {LOCK_FILE}"
+    space = f" --extra-space {s['size']}" if "size" in s else ""
+    return f"python -m captioner download --url {shlex.quote(s['url'])} --out {zip_path}{size}{digest}{space}"
 
 
 def drop_zip(zip_path):

@@ -1,4 +1,5 @@
-# Stage -1 (dataset.download): COCO 2014, Karpathy's splits and the weights the config names, fetched and checked
+# Stage -1 (dataset.download): the dataset's images (COCO 2014, Flickr8k), Karpathy's splits and the weights the config
+# names, fetched and checked
 # (python -m captioner download / unpack, pipeline/download.py). Local rules: under SLURM they run where Snakemake
 # runs, which has internet; compute nodes then find everything on disk. A transfer resumes where it stopped, and a
 # zip placed by hand at the path an error names is verified by the same rule and used.
@@ -6,12 +7,17 @@
 
 
 localrules:
-    coco_images,
+    image_archive,
     karpathy_json,
     torchvision_weights,
 
 
-rule coco_images:
+# the dataset's image folders that have a download URL: {folder under dataset.root: its dataset.sources key}
+FETCHED_FOLDERS = {folder: key for key, folder in DATASET["archives"].items() if SOURCES[key].get("url")}
+
+
+rule image_archive:
+    # one image zip of the dataset (DATASETS in common.smk), unpacked to its folder and its files counted
     output:
         directory(f"{DATA_ROOT}/{{folder}}"),
     log:
@@ -19,13 +25,13 @@ rule coco_images:
     benchmark:
         f"{BENCHMARKS}/download/{{folder}}.tsv"
     wildcard_constraints:
-        folder="|".join(COCO_FOLDERS),
+        folder="|".join(FETCHED_FOLDERS) or "(?!)",
     conda:
         "../../envs/download.yaml"
     params:
-        fetch=lambda wc: fetch_zip_command(wc.folder, f"{ZIP_DIR}/{wc.folder}.zip"),
+        fetch=lambda wc: fetch_zip_command(FETCHED_FOLDERS[wc.folder], f"{ZIP_DIR}/{wc.folder}.zip"),
         zip=lambda wc: f"{ZIP_DIR}/{wc.folder}.zip",
-        files=lambda wc: SOURCES[wc.folder]["files"],
+        files=lambda wc: SOURCES[FETCHED_FOLDERS[wc.folder]]["files"],
         drop=lambda wc: drop_zip(f"{ZIP_DIR}/{wc.folder}.zip"),
     shell:
         # to the terminal as well as the log: the progress bar (bytes/s, ETA) of a multi-hour transfer
@@ -47,7 +53,8 @@ rule karpathy_json:
         zip=f"{ZIP_DIR}/caption_datasets.zip",
         drop=drop_zip(f"{ZIP_DIR}/caption_datasets.zip"),
     shell:
-        "({params.fetch} && python -m captioner unpack --zip {params.zip} --entry dataset_coco.json"
+        # (the dataset's name written into the command, not a param: for COCO the command of old, so no refetch)
+        f"({{params.fetch}} && python -m captioner unpack --zip {{params.zip}} --entry dataset_{DATASET_NAME}.json"
         " --out {output}{params.drop}) 2>&1 | tee {log} >&2"
 
 

@@ -101,6 +101,12 @@ def build_rows(score_files: list[str | Path], bootstrap: dict | None = None) -> 
     return rows
 
 
+def bootstrap_of(spec) -> dict | None:
+    """The interval settings of a tables spec (TablesSpec, SetTablesSpec) as ``build_rows`` takes them; None: no
+    intervals (0 resamples)."""
+    return {"resamples": spec.resamples, "confidence": spec.confidence, "seed": spec.seed} if spec.resamples else None
+
+
 def to_csv(rows: list[dict]) -> str:
     metric_columns = [c for c in COLUMNS if any(c in r for r in rows)]
     fields = ["model", "split", "images", "beam_size", "epoch", "seeds"]
@@ -198,8 +204,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> None:
     spec = spec_from_args(TablesSpec, args)
-    bootstrap = {"resamples": spec.resamples, "confidence": spec.confidence, "seed": spec.seed}
-    rows = build_rows(args.scores, bootstrap if spec.resamples else None)
+    rows = build_rows(args.scores, bootstrap_of(spec))
     if spec.published_rows:
         rows += published_rows(spec.dataset)
     write_text(args.out_csv, to_csv(rows))

@@ -414,14 +414,16 @@ IMAGE_SETS = {
 }
 # evaluate.sets: further Karpathy-format evaluation sets, each a config entry (workflow/rules/eval_sets.smk)
 EVAL_SETS = config["evaluate"]["sets"]
+EVAL_SET_CAPTIONS = f"{RUN}/text/sets/{{eval_set}}.json"
+EVAL_SET_MANIFEST = f"{RUN}/text/sets/{{eval_set}}_images.json"
 for name, entry in EVAL_SETS.items():
     IMAGE_SETS[name] = image_set(
-        f"{RUN}/text/sets/{name}_images.json",
+        EVAL_SET_MANIFEST.format(eval_set=name),
         entry["image_root"],
         [],  # the user's folder: not tracked file by file
         entry.get("boxes_json", ""),
         f"evaluate.sets.{name}.boxes_json",
-        f"{RUN}/text/sets/{name}.json",
+        EVAL_SET_CAPTIONS.format(eval_set=name),
     )
 SPLIT_IMAGE_SET = {"val": "dataset", "test": "dataset", "nocaps": "nocaps", **{name: name for name in EVAL_SETS}}
 # the evaluation-only image sets (their own stores, never trained on): rule extract_set_features

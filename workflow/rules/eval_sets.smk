@@ -11,8 +11,8 @@ rule prepare_eval_set:
     input:
         lambda wildcards: EVAL_SETS[wildcards.eval_set]["karpathy_json"],
     output:
-        captions=f"{RUN}/text/sets/{{eval_set}}.json",
-        manifest=f"{RUN}/text/sets/{{eval_set}}_images.json",
+        captions=EVAL_SET_CAPTIONS,
+        manifest=EVAL_SET_MANIFEST,
     log:
         f"{LOGS}/prepare_eval_set/{{eval_set}}.log",
     benchmark:
@@ -23,7 +23,7 @@ rule prepare_eval_set:
         "../../envs/data.yaml"
     params:
         split=lambda wildcards: EVAL_SETS[wildcards.eval_set]["split"],
-        image_root=lambda wildcards: EVAL_SETS[wildcards.eval_set]["image_root"],
+        image_root=lambda wildcards: IMAGE_SETS[wildcards.eval_set]["image_root"],
         code=code("captioner.data.eval_set"),
     shell:
         "python -m captioner job prepare-eval-set --karpathy-json {input} --name {wildcards.eval_set}"

@@ -160,7 +160,7 @@ def test_whole_dag_through_slurm_equals_a_local_run(cluster, finished_run, tmp_p
 def test_feature_shards_run_as_concurrent_slurm_jobs(cluster, tmp_path):
     workdir = copy_workflow(tmp_path / "shards")
     edit_config(workdir, lambda c: c["features"].__setitem__("shards", 2))
-    result, seconds = submit(workdir, "results/tiny/features/grid.h5", "results/tiny/features/regions.h5")
+    _, seconds = submit(workdir, "results/tiny/features/grid.h5", "results/tiny/features/regions.h5")
     jobs = sacct_jobs(workdir)
     shards = [j for j in jobs if j["comment"].startswith("rule_extract_features")]
     merges = [j for j in jobs if j["comment"].startswith("rule_merge_features")]
@@ -288,7 +288,13 @@ def test_training_longer_than_its_time_limit_finishes_in_chunks_like_a_local_run
     # while writing the final files; the next job resumes after the last epoch and only writes them
     finished = RESUMED_AFTER_TRAINING.findall(history)
     assert len(finished) <= 1 and all(int(epoch) == epochs for _, epoch, _ in finished), history
-    assert len(stops) == len(resumes) and len(resumes) + len(finished) == len(jobs) - 1, history
+    # a job whose warning comes before the trainer starts (a start-up slowed by load) ends without touching
+    # last.pt or the history; the next job resumes where the one before it saved
+    trained = [job for job in jobs if f"SLURM job {job['id']} " in history]
+    idle = [job for job in jobs if job not in trained]
+    report(f"  jobs that never reached the trainer: {[(j['id'], j['state']) for j in idle]}")
+    assert jobs[0] in trained and jobs[-1] in trained and all(j["state"] != "COMPLETED" for j in idle), jobs
+    assert len(stops) == len(resumes) and len(resumes) + len(finished) == len(trained) - 1, history
     # each job continued at the batch the previous one saved, and the first saved right after the scancel
     assert [save[1:] for save in saves[-len(resumes):]] == [resume[1:] for resume in resumes], history
     first_save = datetime.fromisoformat(saves[0][0])

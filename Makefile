@@ -48,6 +48,7 @@ lint: setup
 	snakefmt --check Snakefile workflow
 	snakemake --lint --configfile config/config.yaml
 	snakemake --lint --configfile config/coco.yaml
+	snakemake --lint --configfile config/coco-released.yaml
 
 clean-demo:
 	rm -rf results/demo

@@ -29,6 +29,13 @@ if FETCH:
 include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/train.smk"
+
+
+if RELEASED_MODELS:
+
+    include: "workflow/rules/releases.smk"
+
+
 include: "workflow/rules/evaluate.smk"
 
 

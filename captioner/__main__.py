@@ -21,10 +21,13 @@ JOBS = {  # what the workflow's rules run: python -m captioner job NAME (setting
     "demo-nocaps": ("captioner.data.demo_nocaps",
                     "generate the demo's nocaps-like evaluation set (official nocaps format)"),
     "image-manifest": ("captioner.data.manifest", "the image list (id, path, split) the feature stage reads"),
+    "split-manifest": ("captioner.data.split_manifest", "the manifest's images in (or outside) some splits"),
     "prepare-nocaps": ("captioner.data.nocaps", "the nocaps evaluation set + image manifest from the official JSON"),
     "nocaps-images": ("captioner.data.nocaps_images", "fetch the nocaps images from their per-image URLs"),
     "prepare-text": ("captioner.data.text", "vocabulary + encoded captions from a Karpathy JSON"),
     "prepare-eval-set": ("captioner.data.eval_set", "one split of a Karpathy JSON as an evaluation set (evaluate.sets)"),
+    "import-m2-weights": ("captioner.apps.import_m2_weights", "released M² weights as our checkpoint (models with "
+                                                              "release: m2_cornia2020)"),
     "train": ("captioner.training.trainer", "train one model on cached features"),
     "decode": ("captioner.evaluation.decode", "beam-search a split with a trained model"),
     "score": ("captioner.evaluation.scoring", "BLEU/METEOR/ROUGE-L/CIDEr-D with pycocoevalcap"),

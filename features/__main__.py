@@ -16,6 +16,8 @@ JOBS = {  # what the workflow's rules run: python -m features job NAME --spec JS
     "pretrain": ("features.pretrain", "train a ResNet trunk on the training split's labelled boxes "
                                       "(offline stand-in for ImageNet weights)"),
     "merge": ("features.store.merge", "merge shard stores into one store"),
+    "import-m2-features": ("features.import_m2_features", "the M² authors' coco_detections.hdf5 into a store "
+                                                          "(the images of a manifest)"),
 }
 
 

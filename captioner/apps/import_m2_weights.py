@@ -60,8 +60,13 @@ class _VocabUnpickler(pickle.Unpickler):
 
 
 def load_reference_vocab(path: str | Path) -> list[str]:
-    with open(path, "rb") as handle:
-        vocab = _VocabUnpickler(handle).load()
+    try:
+        with open(path, "rb") as handle:
+            vocab = _VocabUnpickler(handle).load()
+    except pickle.UnpicklingError:
+        raise  # a foreign class: the message names it
+    except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as error:
+        raise InputError(f"{path}: not a readable vocab.pkl ({type(error).__name__}: {error})") from None
     itos = list(getattr(vocab, "itos", []))
     if tuple(itos[:4]) != REFERENCE_SPECIALS:
         raise InputError(f"{path}: expected the reference vocabulary to start with {REFERENCE_SPECIALS}")
@@ -120,25 +125,53 @@ def convert_state_dict(reference_state: dict, reference_itos: list[str]) -> tupl
     return state, config, itos
 
 
-def import_checkpoint(checkpoint_path: str | Path, vocab_path: str | Path, out: str | Path) -> Path:
-    print(f"loading {checkpoint_path} with weights_only=False: this executes pickle code, so only use the "
+def read_reference_checkpoint(path: str | Path) -> tuple[dict, int]:
+    """The reference state_dict and epoch of ``meshed_memory_transformer.pth`` (a damaged file: one error naming it)."""
+    print(f"loading {path} with weights_only=False: this executes pickle code, so only use the "
           "file released by the M² authors", file=sys.stderr)
-    raw = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    reference_state = raw.get("state_dict", raw) if isinstance(raw, dict) else raw
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise InputError(f"{path}: checkpoint not found") from None
+    except Exception as error:  # truncated zip, not a pickle, a pickle of missing classes: all "not this checkpoint"
+        raise InputError(f"{path}: not a readable M² checkpoint ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
+    if not isinstance(state, dict) or "decoder.word_emb.weight" not in state:
+        raise InputError(f"{path}: no M² state_dict in it (expected the reference train.py's dict with "
+                         "'state_dict' holding decoder.word_emb.weight)")
+    return state, int(raw.get("epoch", 0) or 0)
+
+
+def import_checkpoint(checkpoint_path: str | Path, vocab_path: str | Path, out: str | Path, name: str = "m2_released",
+                      release: dict | None = None) -> Path:
+    """Convert the reference checkpoint + vocab.pkl into our checkpoint ``out`` named ``name``; ``release``: which
+    release it is (recorded in the checkpoint)."""
+    reference_state, epoch = read_reference_checkpoint(checkpoint_path)
     itos = load_reference_vocab(vocab_path)
-    state, config, our_itos = convert_state_dict(reference_state, itos)
-    model = MeshedMemoryTransformer(config)
-    model.load_state_dict(state, strict=True)  # every weight accounted for
+    rows = reference_state["decoder.word_emb.weight"].shape[0]
+    if len(itos) != rows:
+        raise InputError(f"{vocab_path}: {len(itos)} words, but {checkpoint_path} has {rows} word embeddings: "
+                         "the vocabulary and the checkpoint do not belong together")
+    try:
+        state, config, our_itos = convert_state_dict(reference_state, itos)
+        model = MeshedMemoryTransformer(config)
+        model.load_state_dict(state, strict=True)  # every weight accounted for
+    except (InputError, RuntimeError, KeyError, IndexError) as error:
+        raise InputError(f"{checkpoint_path}: its weights are not the M² reference layout "
+                         f"({str(error).splitlines()[0].strip()})") from None
     checkpoint = {
-        "format": CHECKPOINT_FORMAT, "name": "m2_scst", "family": "m2", "blind": False,
+        "format": CHECKPOINT_FORMAT, "name": name, "family": "m2", "blind": False,
         "model_config": asdict(config), "state_dict": model.state_dict(), "vocab": our_itos,
         # the reference feeds raw bottom-up features: identity standardisation
         "feature_norm": {"mean": torch.zeros(config.feature_dim), "std": torch.ones(config.feature_dim)},
         "features": {"kind": "regions", "extractor": None, "weights": None,
                      "note": "bottom-up-attention features as in coco_detections.hdf5"},
         "hparams": {"collapse_repeats": True, "imported_from": str(checkpoint_path)},
-        "epoch": int(raw.get("epoch", 0)) if isinstance(raw, dict) else 0, "step": 0, "best": {}, "history": [],
+        "epoch": epoch, "step": 0, "best": {}, "history": [],
     }
+    if release:
+        checkpoint["release"] = dict(release)
     save_torch(out, checkpoint)
     return Path(out)
 
@@ -147,8 +180,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="meshed_memory_transformer.pth (trusted: loaded with weights_only=False)")
     parser.add_argument("vocab", help="the reference's vocab.pkl (read with a restricted unpickler)")
     parser.add_argument("out", help="our checkpoint path")
+    parser.add_argument("--name", default="m2_released", help="the model name its decodes and scores carry")
+    parser.add_argument("--release", help="the release it is (captioner/models/releases.py), recorded in the checkpoint")
 
 
 def run(args) -> None:
-    out = import_checkpoint(args.checkpoint, args.vocab, args.out)
+    release = None
+    if args.release:
+        from captioner.models.releases import RELEASES
+
+        if args.release not in RELEASES:
+            raise InputError(f"--release {args.release}: unknown; known: {', '.join(RELEASES)}")
+        release = {"id": args.release, "label": RELEASES[args.release].label}
+    out = import_checkpoint(args.checkpoint, args.vocab, args.out, args.name, release)
     print(f"converted -> {out}", file=sys.stderr)

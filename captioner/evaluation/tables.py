@@ -109,7 +109,8 @@ def bootstrap_of(spec) -> dict | None:
 
 def to_csv(rows: list[dict]) -> str:
     metric_columns = [c for c in COLUMNS if any(c in r for r in rows)]
-    fields = ["model", "split", "images", "beam_size", "epoch", "seeds"]
+    fields = ["model", *(["label"] if any("label" in r for r in rows) else []), "split", "images", "beam_size", "epoch",
+              "seeds"]
     for column in metric_columns:
         fields.append(column)
         if any(f"{column} std" in r for r in rows):
@@ -134,6 +135,23 @@ def published_rows(dataset: str) -> list[dict]:
              "beam_size": "", "epoch": "", **scores} for name, scores in PUBLISHED[dataset]]
 
 
+def label_released(rows: list[dict], released: dict) -> list[dict]:
+    """Released weights' rows labelled as such, and the authors' own log of each release as a row of its own.
+    ``released``: ``{"labels": {model: label}, "reported": [[name, images, beam, {metric: score}], ...]}`` (the
+    workflow's, from captioner/models/releases.py)."""
+    labels = released.get("labels", {})
+    rows = [dict(row, label=labels[row["model"]]) if row["model"] in labels else row for row in rows]
+    for name, images, beam, scores in released.get("reported", []):
+        rows.append({"model": f"reported: {name}", "split": "test", "images": images, "beam_size": beam, "epoch": "",
+                     **scores})
+    return rows
+
+
+def quoted(row: dict) -> bool:
+    """Rows this pipeline did not produce: the papers' and the authors' logs (shown in italics)."""
+    return row["model"].startswith(("published:", "reported:"))
+
+
 def cell(row: dict, column: str) -> str:
     if column not in row:
         return "–"
@@ -153,7 +171,9 @@ def to_markdown(rows: list[dict], title: str = "", confidence: float | None = No
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
     for row in rows:
-        name = f"*{row['model']}*" if row["model"].startswith("published:") else f"`{row['model']}`"
+        name = f"*{row['model']}*" if quoted(row) else f"`{row['model']}`"
+        if "label" in row:
+            name += f" ({row['label']})"
         cells = [name] + [cell(row, c) for c in metric_columns]
         cells += [str(row.get("beam_size", "")), str(row.get("epoch", ""))]
         lines.append("| " + " | ".join(cells) + " |")
@@ -169,10 +189,11 @@ def to_markdown(rows: list[dict], title: str = "", confidence: float | None = No
                      "(BLEU recomputed from resampled n-gram counts; CIDEr-D, ROUGE-L: means of per-image scores, "
                      "CIDEr-D's document frequencies fixed from the full reference set; METEOR: mean of per-image "
                      "scores shifted onto the corpus score, an approximation of its corpus aggregate).")
-    published = [r for r in rows if r["model"].startswith("published:")]
+    published = [r for r in rows if quoted(r)]
     if published:
-        lines.append(f"*Italic rows* are the papers' published numbers on the Karpathy test split of their dataset "
-                     f"({published[0]['images']:,} images), for comparison; they were not produced by this pipeline.")
+        lines.append(f"*Italic rows* are the papers' published numbers (and the authors' own logs of released "
+                     f"weights) on the Karpathy test split of their dataset ({published[0]['images']:,} images), for "
+                     "comparison; they were not produced by this pipeline.")
     return "\n".join(lines) + "\n"
 
 
@@ -201,12 +222,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--captions", help="captions.json (references for samples.md)")
     parser.add_argument("--samples", type=int, default=5)
     parser.add_argument("--out-samples", help="samples.md: a few images with every model's caption")
+    parser.add_argument("--released", help="JSON: the labels of released weights' rows and their authors' logs "
+                                           "(label_released)")
 
 def run(args) -> None:
     spec = spec_from_args(TablesSpec, args)
     rows = build_rows(args.scores, bootstrap_of(spec))
     if spec.published_rows:
         rows += published_rows(spec.dataset)
+    if args.released:
+        rows = label_released(rows, json.loads(args.released))
     write_text(args.out_csv, to_csv(rows))
     write_text(args.out_md, to_markdown(rows, args.title, spec.confidence))
     if args.out_samples:

@@ -4,15 +4,22 @@ import shlex
 from pathlib import Path
 
 from captioner.evaluation.significance import default_pairs
-from captioner.models.registry import ModelName, model_module, objective_module
+from captioner.models.registry import ModelName, objective_module
+from captioner.__main__ import JOBS as CAPTIONER_JOBS
+from captioner.models.releases import FILES as RELEASE_FILES, release as release_facts
+from features.__main__ import JOBS as FEATURES_JOBS
 from features.config import ExtractSpec, extractor_module, pretrain_mismatch
 from pipeline.spec import compact_json, to_json as spec_json
 from pipeline.provenance import code_hash
 
 PROJECT_ROOT = Path(workflow.basedir)
 # (braces doubled: snakemake formats the prefix like a shell command)
-# CAPTIONER_USAGE: each command logs its peak memory and CPU time (pipeline/usage.py), which tables/costs.md reads
-shell.prefix("export PYTHONPATH=" + str(PROJECT_ROOT) + "${{PYTHONPATH:+:$PYTHONPATH}} CAPTIONER_USAGE=1; ")
+# CAPTIONER_USAGE: each command logs its peak memory and CPU time (pipeline/usage.py), which tables/costs.md reads.
+# A prefix replaces Snakemake's bash strict mode, so it is restated: without pipefail `download ... | tee log` ends 0
+# when the download fails
+shell.prefix(
+    "set -euo pipefail; export PYTHONPATH=" + str(PROJECT_ROOT) + "${{PYTHONPATH:+:$PYTHONPATH}} CAPTIONER_USAGE=1; "
+)
 
 RUN = f"results/{config['run']}"
 LOGS = f"{RUN}/logs"
@@ -28,26 +35,26 @@ TABLES = [
     f"{RUN}/tables/scores.md",
     f"{RUN}/tables/samples.md",
 ]
-# paired tests (evaluate.significance.pairs, or the default pairs among the configured models)
-SIGNIFICANCE_PAIRS = [tuple(p) for p in config["evaluate"]["significance"]["pairs"]] or default_pairs(MODELS)
-SIGNIFICANCE = [f"{RUN}/tables/significance.md", f"{RUN}/tables/significance.json"] if SIGNIFICANCE_PAIRS else []
-
 # dataset.download: COCO and Karpathy's splits are fetched into dataset.root by workflow/rules/download.smk
 DOWNLOAD = not DEMO and config["dataset"]["download"]
 DATA_ROOT = config["dataset"]["root"]
 WEIGHTS_ROOT = config["dataset"]["weights_root"]
 
 
-def karpathy_dataset(archives, image_folder, obtain):
+def karpathy_dataset(archives, image_folder, obtain, scored_archives=None):
     """One of Karpathy's datasets: its image archives ({dataset.sources key: the folder each unpacks to under
-    dataset.root}), the folder its JSON's image paths start in ("": COCO's paths carry their folder), and where
-    its images come from (for the error when they are absent)."""
-    return locals()
+    dataset.root}), the folder its JSON's image paths start in ("": COCO's paths carry their folder), where
+    its images come from (for the error when they are absent), and the archives holding its val and test images
+    (None: all; an evaluation-only run fetches only those)."""
+    return dict(locals(), scored_archives=scored_archives or list(archives))
 
 
 # Datasets as data: which of them a run uses is dataset.name; their JSON is dataset_<name>.json in Karpathy's zip
 DATASETS = {
-    "coco": karpathy_dataset({"train2014": "train2014", "val2014": "val2014"}, "", "http://images.cocodataset.org"),
+    # (Karpathy's val and test images are all COCO val2014 images)
+    "coco": karpathy_dataset(
+        {"train2014": "train2014", "val2014": "val2014"}, "", "http://images.cocodataset.org", ["val2014"]
+    ),
     "flickr8k": karpathy_dataset(
         {"flickr8k_images": "Flicker8k_Dataset"},  # (sic: the zip's folder)
         "Flicker8k_Dataset",
@@ -84,6 +91,7 @@ elif DOWNLOAD:
     IMAGE_ROOT = f"{DATA_ROOT}/{DATASET['image_folder']}".rstrip("/")
     BOXES_JSON = config["features"]["regions"].get("boxes_json", "")
     IMAGE_INPUTS = [f"{DATA_ROOT}/{folder}" for folder in DATASET["archives"].values()]
+    SCORED_IMAGE_INPUTS = [f"{DATA_ROOT}/{DATASET['archives'][key]}" for key in DATASET["scored_archives"]]
     for key, folder in DATASET["archives"].items():  # no public copy (Flickr30k): placed by hand
         if not config["dataset"]["sources"][key].get("url") and not Path(DATA_ROOT, folder).is_dir():
             raise ValueError(
@@ -121,8 +129,28 @@ def store_path(kind, image_set="dataset"):
     return f"{RUN}/features/{prefix}{kind}{STORE_SUFFIX}"
 
 
+def model_entry(model):
+    """The config's entry of a model ({} for one only built as another's start, e.g. m2_xe for m2_scst)."""
+    return config["models"].get(model) or {}
+
+
 def model_name(model):
-    return ModelName.parse(model)
+    return ModelName.parse(model, model_entry(model).get("release"))
+
+
+def model_module(model):
+    """The module of the model's family (its jobs' code fingerprints name it)."""
+    return model_name(model).spec.module
+
+
+def release_of(model):
+    """The release a released-weights model imports (captioner/models/releases.py, with config releases.<id>)."""
+    return configured_release(model_name(model).release)
+
+
+def reads_release_features(model):
+    """models.<name>.features: release: the model reads the authors' own features, imported (not ours)."""
+    return model_entry(model).get("features", "extracted") == "release"
 
 
 def family(model):
@@ -159,7 +187,10 @@ EVAL_DIR = f"{RUN}/eval/{{model}}/seed{{seed}}"
 
 
 def seeds_of(model):
-    """models.<model>.seeds (a blind variant: its base model's), else train.seeds, else the recipe's own seed."""
+    """models.<model>.seeds (a blind variant: its base model's), else train.seeds, else the recipe's own seed;
+    released weights: one checkpoint, seed0."""
+    if not model_name(model).trained:
+        return [0]
     for name in (model, model.removesuffix("_blind")):
         seeds = (config["models"].get(name) or {}).get("seeds")
         if seeds:
@@ -367,6 +398,92 @@ def models_and_parents(models):
 
 
 BUILDABLE_MODELS = models_and_parents(MODELS)
+# released weights are imported (workflow/rules/releases.smk), the others trained
+RELEASED_MODELS = [m for m in MODELS if not model_name(m).trained]
+TRAINED_MODELS = [m for m in BUILDABLE_MODELS if model_name(m).trained]
+TRAINED_KINDS = {features_kind(m) for m in TRAINED_MODELS}  # the stores a training reads: the whole dataset's
+SCORED_SPLITS = [SPLIT, *EXTRA_SPLITS]
+
+
+def scored_part_used(kind):
+    """Whether the dataset's val/test images are decoded from the scored part of a kind's features
+    (features/scored_<kind>): when nothing trained reads that kind (only those images are extracted), or when an
+    earlier evaluation-only run made that part (the full store is then completed from it: rule complete_features)."""
+    return kind not in TRAINED_KINDS or Path(store_path(kind, "scored")).exists()
+
+
+# the kinds whose full store joins the scored part made earlier with the rest of the images (rule complete_features)
+COMPLETED_KINDS = [kind for kind in sorted(TRAINED_KINDS) if scored_part_used(kind)]
+
+
+RELEASE_IDS = sorted({model_name(m).release for m in RELEASED_MODELS})
+
+
+def configured_release(release_id):
+    return release_facts(release_id, config["releases"].get(release_id))
+
+
+RELEASE_FILE_NAMES = sorted({getattr(configured_release(r), f).name for r in RELEASE_IDS for f in RELEASE_FILES})
+
+
+def release_file(release_id, file):
+    """Where a released file is kept, under dataset.weights_root/releases/<id>/ (fetched there by rule release_file)."""
+    name = getattr(configured_release(release_id), file).name
+    return f"{WEIGHTS_ROOT}/releases/{release_id}/{name}"
+
+
+def release_download_command(release_id, file_name, out):
+    """Fetch and verify one released file: its published SHA-256 and size, else the pin in LOCK_FILE."""
+    release = configured_release(release_id)
+    (found,) = [getattr(release, f) for f in RELEASE_FILES if getattr(release, f).name == file_name]
+    checks = f" --size {found.size}" if found.size else ""
+    checks += f" --sha256 {found.sha256}" if found.sha256 else f" --lock {LOCK_FILE}"
+    return f"python -m captioner download --url {shlex.quote(found.url)} --out {out}{checks}"
+
+
+def release_store(release_id):
+    """The store of a release's own features, imported for the scored images (rule import_release_features)."""
+    return store_path(release_id, "scored")
+
+
+def release_label(model):
+    """How a released-weights model's rows are labelled: the release and the features it read."""
+    facts = configured_release(model_name(model).release)
+    features = (
+        f"the authors' {facts.features.name}" if reads_release_features(model) else "features extracted by this run"
+    )
+    return f"{facts.label}; {features}"
+
+
+def released_tables_arg():
+    """The tables job's --released: labels of released weights' rows and each release's own log ("" without any)."""
+    if not RELEASED_MODELS:
+        return ""
+    reported = []
+    for release_id in RELEASE_IDS:
+        facts = configured_release(release_id)
+        if DATASET_NAME == facts.features_dataset and SPLIT == "test":
+            reported.append([facts.reported_source, facts.reported_images, facts.reported_beam, facts.reported])
+    released = {"labels": {m: release_label(m) for m in RELEASED_MODELS}, "reported": reported}
+    return f" --released {shlex.quote(compact_json(released))}"
+
+
+def release_pairs(models):
+    """Paired tests between the rows of one release (the same weights on different features)."""
+    pairs, by_release = [], {}
+    for model in models:
+        if not model_name(model).trained:
+            by_release.setdefault(model_name(model).release, []).append(model)
+    for rows in by_release.values():
+        pairs += [(other, rows[0]) for other in rows[1:]]
+    return pairs
+
+
+# paired tests (evaluate.significance.pairs, or the default pairs among the configured models)
+SIGNIFICANCE_PAIRS = [tuple(p) for p in config["evaluate"]["significance"]["pairs"]] or (
+    default_pairs(MODELS) + release_pairs(MODELS)
+)
+SIGNIFICANCE = [f"{RUN}/tables/significance.md", f"{RUN}/tables/significance.json"] if SIGNIFICANCE_PAIRS else []
 
 
 def extra_split_scores():
@@ -412,11 +529,20 @@ IMAGE_SETS = {
         f"{RUN}/text/nocaps.json",
     ),
 }
+# the dataset's images in two parts, by rule manifest_part. Those the tables score (SCORED_SPLITS), extracted alone
+# when nothing trained needs the rest, and the rest, extracted when a later training run completes the store
+PART_MANIFEST = f"{RUN}/text/{{part}}_images.json"
+for part in ("scored", "rest"):
+    IMAGE_SETS[part] = dict(IMAGE_SETS["dataset"], manifest=PART_MANIFEST.format(part=part))
+if DOWNLOAD:  # only the archives that hold the scored images
+    IMAGE_SETS["scored"]["images"] = SCORED_IMAGE_INPUTS
 # evaluate.sets: further Karpathy-format evaluation sets, each a config entry (workflow/rules/eval_sets.smk)
 EVAL_SETS = config["evaluate"]["sets"]
 EVAL_SET_CAPTIONS = f"{RUN}/text/sets/{{eval_set}}.json"
 EVAL_SET_MANIFEST = f"{RUN}/text/sets/{{eval_set}}_images.json"
 for name, entry in EVAL_SETS.items():
+    if name in IMAGE_SETS:
+        raise ValueError(f"evaluate.sets.{name}: the name is taken by the run's own image set {name}; rename the set")
     IMAGE_SETS[name] = image_set(
         EVAL_SET_MANIFEST.format(eval_set=name),
         entry["image_root"],
@@ -440,7 +566,15 @@ def nocaps_outputs():
 
 
 def decode_features(wildcards):
-    return store_path(features_kind(wildcards.model), SPLIT_IMAGE_SET[wildcards.split])
+    """The store a model decodes a split from: the evaluation set's, or for the dataset's val/test the full store
+    or its scored part (scored_part_used); the authors' own features for a model that reads them."""
+    model, image_set = wildcards.model, SPLIT_IMAGE_SET[wildcards.split]
+    if reads_release_features(model):
+        return release_store(model_name(model).release)
+    kind = features_kind(model)
+    if image_set == "dataset" and scored_part_used(kind):
+        image_set = "scored"
+    return store_path(kind, image_set)
 
 
 def decode_captions(wildcards):
@@ -485,3 +619,21 @@ def gpus_held():
             held[each.name] = gpus.value
     held["train"] = {model: train_gpus(model) for model in MODELS}
     return held
+
+
+for model in RELEASED_MODELS:  # what a released-weights model cannot do, said while planning
+    facts = release_of(model)
+    if features_kind(model) != facts.features_kind:
+        raise ValueError(f"models.{model}: {model_name(model).family} reads {features_kind(model)} features")
+    if reads_release_features(model):
+        if DATASET_NAME != facts.features_dataset:
+            raise ValueError(
+                f"models.{model}.features: release means the authors' {facts.features.name}, which holds "
+                f"{facts.features_dataset} images only (dataset.name is {DATASET_NAME}); use features: extracted"
+            )
+        if NOCAPS_ON or EVAL_SETS:
+            raise ValueError(
+                f"models.{model}.features: release: the authors' {facts.features.name} holds the "
+                f"{facts.features_dataset} images only, so this model cannot be decoded on nocaps or evaluate.sets; "
+                "score those with features: extracted (a second model entry) or switch them off"
+            )

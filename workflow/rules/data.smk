@@ -59,3 +59,27 @@ rule prepare_text:
     shell:
         "python -m captioner job prepare-text --spec {params.spec:q} --karpathy-json {input} --vocab {output.vocab}"
         " --captions {output.captions} 2> {log}"
+
+
+rule manifest_part:
+    # the images of the scored splits (evaluate.split + extra_splits), or all the others: an evaluation-only run
+    # extracts the first part alone, a later training run the rest (IMAGE_SETS "scored", "rest")
+    input:
+        MANIFEST,
+    output:
+        PART_MANIFEST,
+    log:
+        f"{LOGS}/manifest_part/{{part}}.log",
+    benchmark:
+        f"{BENCHMARKS}/manifest_part/{{part}}.tsv"
+    wildcard_constraints:
+        part="scored|rest",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        splits=" ".join(SCORED_SPLITS),
+        exclude=lambda wc: " --exclude" if wc.part == "rest" else "",
+        code=code("captioner.data.split_manifest"),
+    shell:
+        "python -m captioner job split-manifest --manifest {input} --splits {params.splits}{params.exclude}"
+        " --out {output} 2> {log}"

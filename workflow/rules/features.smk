@@ -4,6 +4,8 @@
 from features.config import PretrainSpec
 
 SHARDS = config["features"]["shards"]
+# the kinds whose full store is extracted in one go (or in shards); the others join an earlier scored part
+EXTRACTED_KINDS = "|".join(k for k in ("grid", "regions") if k not in COMPLETED_KINDS) or "(?!)"
 
 
 wildcard_constraints:
@@ -39,7 +41,6 @@ rule pretrain_backbone:
 
 
 rule extract_features:
-    # one job per kind, or per kind and shard when features.shards > 1 (then merge_features joins them)
     input:
         unpack(extract_inputs("dataset")),
     output:
@@ -50,6 +51,9 @@ rule extract_features:
         f"{BENCHMARKS}/extract_features/{{kind}}.tsv"
         if SHARDS == 1
         else f"{BENCHMARKS}/extract_features/{{kind}}.{{shard}}.tsv"
+    # one job per kind, or per kind and shard when features.shards > 1 (then merge_features joins them)
+    wildcard_constraints:
+        kind=EXTRACTED_KINDS,
     priority: 50  # every training job waits for the stores: before anything else that is ready
     conda:
         "../../envs/features.yaml"
@@ -77,6 +81,8 @@ if SHARDS > 1:
             f"{LOGS}/merge_features/{{kind}}.log",
         benchmark:
             f"{BENCHMARKS}/merge_features/{{kind}}.tsv"
+        wildcard_constraints:
+            kind=EXTRACTED_KINDS,
         conda:
             "../../envs/features.yaml"
         params:
@@ -85,23 +91,45 @@ if SHARDS > 1:
             "python -m features job merge --out {output} {input} 2> {log}"
 
 
-if EVALUATION_ONLY_SETS:
+use rule extract_features as extract_set_features with:
+    # the images of an evaluation-only set (nocaps, evaluate.sets) or of a part of the dataset (the scored splits,
+    # the rest: PART_MANIFEST) through the same extractors
+    input:
+        unpack(extract_inputs()),
+    output:
+        store_output("{kind}", "{image_set}"),
+    log:
+        f"{LOGS}/extract_features/{{image_set}}_{{kind}}.log",
+    benchmark:
+        f"{BENCHMARKS}/extract_features/{{image_set}}_{{kind}}.tsv"
+    wildcard_constraints:
+        image_set="|".join(["scored", "rest", *EVALUATION_ONLY_SETS]),
+        kind="grid|regions",
+    priority: 0  # the training stores first
+    params:
+        args=lambda wc: extract_args(wc.kind, wc.image_set),
+        shard=0,
+        shards=1,
+        code=lambda wc: extract_code(wc.kind),
 
-    use rule extract_features as extract_set_features with:
-        # the images of an evaluation-only set (nocaps, evaluate.sets) through the same extractors
-        input:
-            unpack(extract_inputs()),
-        output:
-            store_output("{kind}", "{image_set}"),
-        log:
-            f"{LOGS}/extract_features/{{image_set}}_{{kind}}.log",
-        benchmark:
-            f"{BENCHMARKS}/extract_features/{{image_set}}_{{kind}}.tsv"
-        wildcard_constraints:
-            image_set="|".join(EVALUATION_ONLY_SETS),
-        priority: 0  # the training stores first: nothing trains on these
-        params:
-            args=lambda wc: extract_args(wc.kind, wc.image_set),
-            shard=0,
-            shards=1,
-            code=lambda wc: extract_code(wc.kind),
+
+rule complete_features:
+    # a full store from the scored part an earlier evaluation-only run extracted and the rest of the images: no
+    # image is extracted twice (a copy of the scored rows: a few % of the store)
+    input:
+        scored=store_path("{kind}", "scored"),
+        rest=store_path("{kind}", "rest"),
+    output:
+        store_output("{kind}"),
+    log:
+        f"{LOGS}/complete_features/{{kind}}.log",
+    benchmark:
+        f"{BENCHMARKS}/complete_features/{{kind}}.tsv"
+    wildcard_constraints:
+        kind="|".join(COMPLETED_KINDS) or "(?!)",
+    conda:
+        "../../envs/features.yaml"
+    params:
+        code=code("features.store.merge"),
+    shell:
+        "python -m features job merge --out {output} {input.scored} {input.rest} 2> {log}"

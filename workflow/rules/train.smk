@@ -17,6 +17,8 @@ rule train:
         f"{LOGS}/train/{{model}}.seed{{seed}}.log",
     benchmark:
         f"{BENCHMARKS}/train/{{model}}.seed{{seed}}.tsv"
+    wildcard_constraints:
+        model="|".join(TRAINED_MODELS) or "(?!)",  # released weights are imported (rule import_release)
     priority: lambda wc: train_priority(wc.model)
     conda:
         "../../envs/train.yaml"

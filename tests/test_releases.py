@@ -15,8 +15,7 @@ import torch
 
 from captioner.apps.import_m2_weights import REFERENCE_SPECIALS
 from captioner.models.m2 import M2Config, MeshedMemoryTransformer
-from captioner.models.registry import ModelName
-from captioner.models.releases import RELEASES
+from captioner.models.releases import RELEASES, ReleasedModel
 from features.store.reader import FeatureStore
 from pipeline.errors import InputError
 from tests.http_server import Server
@@ -214,12 +213,12 @@ def test_a_vocabulary_of_the_wrong_size_fails_with_one_error_naming_it(reference
 
 
 def test_released_model_names_carry_their_family():
-    name = ModelName.parse("m2_released_theirs", release="m2_cornia2020")
+    name = ReleasedModel.parse("m2_released_theirs", "m2_cornia2020")
     assert (name.family, name.trained, name.init_from, name.features) == ("m2", False, None, "regions")
     with pytest.raises(InputError, match="sat_released.*m2_"):
-        ModelName.parse("sat_released", release="m2_cornia2020")
+        ReleasedModel.parse("sat_released", "m2_cornia2020")
     with pytest.raises(InputError, match="unknown release"):
-        ModelName.parse("m2_released", release="m2_2031")
+        ReleasedModel.parse("m2_released", "m2_2031")
     with pytest.raises(InputError, match="not trained"):
         _ = name.objective
 

@@ -29,7 +29,6 @@ class Variant:
 # each objective's global batch (split across data-parallel processes): the recipe key the trainer divides among
 # ranks and the workflow checks against train.gpus_per_job
 GLOBAL_BATCH_KEY = {"xe": "batch_size", "reinforce": "batch_size", "scst": "scst_batch_images"}
-RELEASED = "released"  # the variant of every released-weights model (its checkpoint is imported, not trained)
 
 
 @dataclass(frozen=True)
@@ -58,26 +57,14 @@ class ModelName:
     family: str
     variant: str
     blind: bool
-    release: str | None = None  # released weights (captioner.models.releases): imported, never trained
 
     @classmethod
-    def parse(cls, name: str, release: str | None = None) -> "ModelName":
-        """A trained model's name, or with ``release`` the name a config gives released weights (any
-        ``<family>_...`` name: its family is the release's)."""
-        if release is not None:
-            from captioner.models.releases import RELEASES
-
-            if release not in RELEASES:
-                raise InputError(f"model {name!r}: unknown release {release!r}; known: {', '.join(RELEASES)}")
-            family = RELEASES[release].family
-            if not name.startswith(f"{family}_"):
-                raise InputError(f"model {name!r}: released {family} weights need a name starting {family}_")
-            return cls(name=name, base=name, family=family, variant=RELEASED, blind=False, release=release)
+    def parse(cls, name: str) -> "ModelName":
         base = name.removesuffix("_blind")
         family, _, variant = base.partition("_")
         if family not in FAMILIES or variant not in FAMILIES[family].variants:
             raise InputError(f"unknown model {name!r}; expected one of {', '.join(base_models())} optionally "
-                             "followed by _blind, or an entry with release: (captioner/models/releases.py)")
+                             "followed by _blind")
         return cls(name=name, base=base, family=family, variant=variant, blind=name != base)
 
     @property
@@ -85,13 +72,7 @@ class ModelName:
         return FAMILIES[self.family]
 
     @property
-    def trained(self) -> bool:
-        return self.release is None
-
-    @property
     def objective(self) -> str:
-        if not self.trained:
-            raise InputError(f"{self.name} holds released weights ({self.release}): it is imported, not trained")
         return self.spec.variants[self.variant].objective
 
     @property
@@ -106,8 +87,6 @@ class ModelName:
     @property
     def init_from(self) -> str | None:
         """The model whose best checkpoint this one starts from (m2_scst_blind: m2_xe_blind), or None."""
-        if not self.trained:
-            return None
         parent = self.spec.variants[self.variant].init_from
         return None if parent is None else f"{self.family}_{parent}" + ("_blind" if self.blind else "")
 

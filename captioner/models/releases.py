@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from captioner.models.registry import FAMILIES, Family
+from pipeline.errors import InputError
+
 
 @dataclass(frozen=True)
 class ReleasedFile:
@@ -87,3 +90,44 @@ def release(name: str, overrides: dict | None = None) -> Release:
     for file, changes in (overrides or {}).items():
         found = replace(found, **{file: replace(getattr(found, file), **changes)})
     return found
+
+
+@dataclass(frozen=True)
+class ReleasedModel:
+    """A model entry of released weights, with the parts of :class:`~captioner.models.registry.ModelName` the
+    workflow reads (kept apart from the registry, whose edits would change every training job's code fingerprint)."""
+
+    name: str
+    release: str
+    blind: bool = False
+    init_from: None = None
+    trained: bool = False
+
+    @classmethod
+    def parse(cls, name: str, release: str) -> "ReleasedModel":
+        if release not in RELEASES:
+            raise InputError(f"model {name!r}: unknown release {release!r}; known: {', '.join(RELEASES)}")
+        family = RELEASES[release].family
+        if not name.startswith(f"{family}_"):
+            raise InputError(f"model {name!r}: released {family} weights need a name starting {family}_")
+        return cls(name, release)
+
+    @property
+    def base(self) -> str:
+        return self.name
+
+    @property
+    def family(self) -> str:
+        return RELEASES[self.release].family
+
+    @property
+    def spec(self) -> Family:
+        return FAMILIES[self.family]
+
+    @property
+    def features(self) -> str:
+        return self.spec.features
+
+    @property
+    def objective(self) -> str:
+        raise InputError(f"{self.name} holds released weights ({self.release}): it is imported, not trained")

@@ -6,7 +6,7 @@ from pathlib import Path
 from captioner.evaluation.significance import default_pairs
 from captioner.models.registry import ModelName, objective_module
 from captioner.__main__ import JOBS as CAPTIONER_JOBS
-from captioner.models.releases import FILES as RELEASE_FILES, release as release_facts
+from captioner.models.releases import FILES as RELEASE_FILES, ReleasedModel, release as release_facts
 from features.__main__ import JOBS as FEATURES_JOBS
 from features.config import ExtractSpec, extractor_module, pretrain_mismatch
 from pipeline.spec import compact_json, to_json as spec_json
@@ -135,7 +135,14 @@ def model_entry(model):
 
 
 def model_name(model):
-    return ModelName.parse(model, model_entry(model).get("release"))
+    """The registry's view of a model name (family, variant, blind, the model it starts from); released weights:
+    captioner/models/releases.py's."""
+    release = model_entry(model).get("release")
+    return ReleasedModel.parse(model, release) if release else ModelName.parse(model)
+
+
+def is_released(model):
+    return "release" in model_entry(model)
 
 
 def model_module(model):
@@ -189,7 +196,7 @@ EVAL_DIR = f"{RUN}/eval/{{model}}/seed{{seed}}"
 def seeds_of(model):
     """models.<model>.seeds (a blind variant: its base model's), else train.seeds, else the recipe's own seed;
     released weights: one checkpoint, seed0."""
-    if not model_name(model).trained:
+    if is_released(model):
         return [0]
     for name in (model, model.removesuffix("_blind")):
         seeds = (config["models"].get(name) or {}).get("seeds")
@@ -399,8 +406,8 @@ def models_and_parents(models):
 
 BUILDABLE_MODELS = models_and_parents(MODELS)
 # released weights are imported (workflow/rules/releases.smk), the others trained
-RELEASED_MODELS = [m for m in MODELS if not model_name(m).trained]
-TRAINED_MODELS = [m for m in BUILDABLE_MODELS if model_name(m).trained]
+RELEASED_MODELS = [m for m in MODELS if is_released(m)]
+TRAINED_MODELS = [m for m in BUILDABLE_MODELS if not is_released(m)]
 TRAINED_KINDS = {features_kind(m) for m in TRAINED_MODELS}  # the stores a training reads: the whole dataset's
 SCORED_SPLITS = [SPLIT, *EXTRA_SPLITS]
 
@@ -472,7 +479,7 @@ def release_pairs(models):
     """Paired tests between the rows of one release (the same weights on different features)."""
     pairs, by_release = [], {}
     for model in models:
-        if not model_name(model).trained:
+        if is_released(model):
             by_release.setdefault(model_name(model).release, []).append(model)
     for rows in by_release.values():
         pairs += [(other, rows[0]) for other in rows[1:]]

@@ -174,6 +174,11 @@ RERUN_MATRIX = {
     "SCST objective": ("captioner/training/scst.py", after_training(["m2_scst"])),
     "hard-attention objective": ("captioner/training/reinforce.py", after_training(["sat_hard"])),
     "text preparation": ("captioner/data/text.py", Counter(prepare_text=1) + after_training(MODELS)),
+    # released weights (issue 32): a run that trains everything runs none of their code
+    "release facts": ("captioner/models/releases.py", Counter()),
+    "released M2 importer": ("captioner/apps/import_m2_weights.py", Counter()),
+    "manifest parts": ("captioner/data/split_manifest.py", Counter()),
+    "store merge": ("features/store/merge.py", Counter()),  # (shards: 1, nothing to join)
 }
 
 

@@ -1,8 +1,8 @@
 """Released weights a run can score instead of training: what each release is and where its files come from.
 
 Torch-free, so the workflow reads it while planning. A model entry ``{release: <id>}`` under ``models`` gets its
-checkpoint from download -> verify -> import (``python -m captioner job import-m2-weights``) rather than from a train
-job, and then goes through the same decode, score, tables and significance jobs as a trained model. A config's
+checkpoint from download -> verify -> import (``python -m captioner job import-m2-weights``, the one importer: every
+release so far is M²'s) rather than from a train job, and then goes through the same decode, score, tables and significance jobs as a trained model. A config's
 ``releases.<id>.<file>`` may point a file at a mirror (url, and the sha256/size that mirror serves).
 """
 
@@ -31,10 +31,8 @@ class Release:
     vocab: ReleasedFile
     features: ReleasedFile  # the authors' own features of the dataset (models.<name>.features: release)
     features_dataset: str  # the dataset (dataset.name) those features cover
-    features_importer: str  # the job that imports them into a store (python -m features job <importer>)
     features_kind: str  # the store kind it reads (grid | regions) from our extractors
     max_boxes: int  # rows per image the authors' test code reads (the store keeps the first ones)
-    importer: str  # the job that converts the checkpoint (python -m captioner job <importer>)
     reported: dict  # the authors' own test log of these weights (Karpathy test split, 0-100 scale)
     reported_source: str
     reported_images: int  # the split those scores are on
@@ -66,10 +64,8 @@ RELEASES = {
             about="the authors' bottom-up region features of every COCO image (~53.5 GB; Anderson et al.'s detector)",
         ),
         features_dataset="coco",
-        features_importer="import-m2-features",
         features_kind="regions",
         max_boxes=50,  # test.py: ImageDetectionsField(max_detections=50)
-        importer="import-m2-weights",
         reported={"BLEU-1": 80.76, "BLEU-2": 65.34, "BLEU-3": 50.93, "BLEU-4": 39.09, "METEOR": 29.19,
                   "ROUGE-L": 58.64, "CIDEr-D": 131.20},
         reported_source=f"Cornia et al., their test log of the released weights (output_logs/"

@@ -5,9 +5,7 @@ from pathlib import Path
 
 from captioner.evaluation.significance import default_pairs
 from captioner.models.registry import ModelName, objective_module
-from captioner.__main__ import JOBS as CAPTIONER_JOBS
 from captioner.models.releases import FILES as RELEASE_FILES, ReleasedModel, release as release_facts
-from features.__main__ import JOBS as FEATURES_JOBS
 from features.config import ExtractSpec, extractor_module, pretrain_mismatch
 from pipeline.spec import compact_json, to_json as spec_json
 from pipeline.provenance import code_hash

@@ -1,6 +1,7 @@
-# Released weights as models (models.<name>: {release: <id>}, facts in captioner/models/releases.py): their files are
-# downloaded and verified, the checkpoint imported as ours; then the same decode, score and tables jobs as a trained
-# model's. No train job, and no training-split features unless something else trains.
+# Released weights as models (models.<name>: {release: <id>}, facts in captioner/models/releases.py; every release so
+# far is M²'s, so the importers are M²'s): their files are downloaded and verified, the checkpoint imported as ours;
+# then the same decode, score and tables jobs as a trained model's. No train job, and no training-split features
+# unless something else trains.
 
 
 localrules:
@@ -44,11 +45,10 @@ rule import_release:
     conda:
         "../../envs/train.yaml"
     params:
-        importer=lambda wc: release_of(wc.model).importer,
         release=lambda wc: model_name(wc.model).release,
-        code=lambda wc: code(CAPTIONER_JOBS[release_of(wc.model).importer][0]),
+        code=code("captioner.apps.import_m2_weights"),
     shell:
-        "python -m captioner job {params.importer} {input.checkpoint} {input.vocab} {output.checkpoint}"
+        "python -m captioner job import-m2-weights {input.checkpoint} {input.vocab} {output.checkpoint}"
         " --name {wildcards.model} --release {params.release} 2> {log}"
 
 
@@ -68,10 +68,9 @@ rule import_release_features:
     conda:
         "../../envs/features.yaml"
     params:
-        importer=lambda wc: release_facts(wc.release).features_importer,
         max_boxes=lambda wc: release_facts(wc.release).max_boxes,
         dtype=config["features"]["dtype"],
-        code=lambda wc: code(FEATURES_JOBS[release_facts(wc.release).features_importer][0]),
+        code=code("features.import_m2_features"),
     shell:
-        "python -m features job {params.importer} {input.source} --manifest {input.manifest} --out {output}"
+        "python -m features job import-m2-features {input.source} --manifest {input.manifest} --out {output}"
         " --max-boxes {params.max_boxes} --dtype {params.dtype} 2> {log}"

@@ -100,7 +100,7 @@ class ReleasedModel:
     trained: bool = False
 
     @classmethod
-    def parse(cls, name: str, release: str) -> "ReleasedModel":
+    def parse(cls, name: str, release: str) -> ReleasedModel:
         if release not in RELEASES:
             raise InputError(f"model {name!r}: unknown release {release!r}; known: {', '.join(RELEASES)}")
         family = RELEASES[release].family

@@ -2,7 +2,8 @@ import csv
 import io
 import json
 
-from captioner.evaluation.tables import build_rows, published_rows, samples_markdown, to_csv, to_markdown
+from captioner.evaluation.tables import (build_rows, label_released, published_rows, samples_markdown, to_csv,
+                                         to_markdown)
 
 
 def write_scores(path, model, cider, bleu4):
@@ -51,3 +52,20 @@ def test_samples_list_every_model_next_to_a_reference(tmp_path):
                             captions, "test", 1)
     assert "*reference*: a red circle" in text and "`sat_soft`: a red thing" in text and "`m2_xe`: a red circle" in text
     assert "image 6" not in text
+
+
+def test_released_weights_rows_are_labelled_and_their_authors_log_is_a_row_of_its_own(tmp_path):
+    files = [write_scores(tmp_path / "a/scores_test.json", "m2_released", 125.0, 38.0),
+             write_scores(tmp_path / "b/scores_test.json", "m2_xe", 110.0, 35.0)]
+    released = {"labels": {"m2_released": "released weights (Cornia et al. 2020); features extracted by this run"},
+                "reported": [["Cornia et al., their test log", 5000, 5, {"BLEU-4": 39.09, "CIDEr-D": 131.2}]]}
+    rows = label_released(build_rows(files), released)
+    table = list(csv.DictReader(io.StringIO(to_csv(rows))))
+    assert [(r["model"], r["label"]) for r in table] == [
+        ("m2_released", "released weights (Cornia et al. 2020); features extracted by this run"), ("m2_xe", ""),
+        ("reported: Cornia et al., their test log", "")]
+    assert table[2]["CIDEr-D"] == "131.2" and table[2]["beam_size"] == "5" and table[2]["images"] == "5000"
+    markdown = to_markdown(rows)
+    assert "| `m2_released` (released weights (Cornia et al. 2020); features extracted by this run) |" in markdown
+    assert "| *reported: Cornia et al., their test log* |" in markdown and "authors' own logs" in markdown
+    assert "label" not in to_csv(build_rows(files)).splitlines()[0]  # no released weights: the columns as before

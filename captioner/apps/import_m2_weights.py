@@ -59,14 +59,17 @@ class _VocabUnpickler(pickle.Unpickler):
                                          "reference vocabulary format; refusing to load it") from None
 
 
+class VocabRefused(InputError, pickle.UnpicklingError):
+    """vocab.pkl is not the reference's vocabulary: damaged, or naming classes the format does not have."""
+
+
 def load_reference_vocab(path: str | Path) -> list[str]:
     try:
         with open(path, "rb") as handle:
             vocab = _VocabUnpickler(handle).load()
-    except pickle.UnpicklingError:
-        raise  # a foreign class: the message names it
-    except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as error:
-        raise InputError(f"{path}: not a readable vocab.pkl ({type(error).__name__}: {error})") from None
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError) as error:  # a truncated transfer, an HTML error page, a foreign class: one error naming it
+        raise VocabRefused(f"{path}: not a readable vocab.pkl ({error})") from None
     itos = list(getattr(vocab, "itos", []))
     if tuple(itos[:4]) != REFERENCE_SPECIALS:
         raise InputError(f"{path}: expected the reference vocabulary to start with {REFERENCE_SPECIALS}")
@@ -140,7 +143,8 @@ def read_reference_checkpoint(path: str | Path) -> tuple[dict, int]:
     if not isinstance(state, dict) or "decoder.word_emb.weight" not in state:
         raise InputError(f"{path}: no M² state_dict in it (expected the reference train.py's dict with "
                          "'state_dict' holding decoder.word_emb.weight)")
-    return state, int(raw.get("epoch", 0) or 0)
+    epoch = raw.get("epoch", 0) if isinstance(raw, dict) else 0
+    return state, epoch if isinstance(epoch, int) else 0  # (informational: the epoch the authors saved at)
 
 
 def import_checkpoint(checkpoint_path: str | Path, vocab_path: str | Path, out: str | Path, name: str = "m2_released",

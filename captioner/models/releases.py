@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from captioner.models.registry import FAMILIES, Family
+from captioner.models.registry import FAMILIES, Family, base_models
 from pipeline.errors import InputError
 
 
@@ -106,6 +106,9 @@ class ReleasedModel:
         family = RELEASES[release].family
         if not name.startswith(f"{family}_"):
             raise InputError(f"model {name!r}: released {family} weights need a name starting {family}_")
+        if name.removesuffix("_blind") in base_models():  # (m2_xe would also become m2_scst's start)
+            raise InputError(f"model {name!r}: a trained model's name; give released weights their own "
+                             f"(e.g. {family}_released)")
         return cls(name, release)
 
     @property

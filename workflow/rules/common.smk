@@ -71,7 +71,7 @@ DATASET = DATASETS[DATASET_NAME]
 FETCH = not DEMO and (DOWNLOAD or "karpathy_json" not in config["dataset"])
 # SHA-256 pins of downloads without a published checksum, beside the config file (config/coco.lock.json)
 CONFIG_FILE = Path((workflow.overwrite_configfiles or ["config/config.yaml"])[-1])
-LOCK_FILE = str(CONFIG_FILE.with_name(f"{CONFIG_FILE.stem}.lock.json"))
+LOCK_FILE = config["dataset"]["lock_file"] or str(CONFIG_FILE.with_name(f"{CONFIG_FILE.stem}.lock.json"))
 
 if DEMO:
     KARPATHY_JSON = f"{RUN}/dataset/dataset_coco.json"
@@ -467,7 +467,7 @@ def released_tables_arg():
     reported = []
     for release_id in RELEASE_IDS:
         facts = configured_release(release_id)
-        if DATASET_NAME == facts.features_dataset and SPLIT == "test":
+        if DATASET_NAME == facts.features_dataset and SPLIT == "test" and not DEMO:
             reported.append([facts.reported_source, facts.reported_images, facts.reported_beam, facts.reported])
     released = {"labels": {m: release_label(m) for m in RELEASED_MODELS}, "reported": reported}
     return f" --released {shlex.quote(compact_json(released))}"
@@ -631,6 +631,12 @@ for model in RELEASED_MODELS:  # what a released-weights model cannot do, said w
     if features_kind(model) != facts.features_kind:
         raise ValueError(f"models.{model}: {model_name(model).family} reads {features_kind(model)} features")
     if reads_release_features(model):
+        if DEMO and "url" not in (config["releases"].get(model_name(model).release) or {}).get("features", {}):
+            raise ValueError(
+                f"models.{model}.features: release means the authors' {facts.features.name} of the "
+                f"{facts.features_dataset} images, not the demo's; use features: extracted (or give "
+                f"releases.{model_name(model).release}.features.url, a file of the demo images' features)"
+            )
         if DATASET_NAME != facts.features_dataset:
             raise ValueError(
                 f"models.{model}.features: release means the authors' {facts.features.name}, which holds "

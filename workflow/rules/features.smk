@@ -103,11 +103,31 @@ use rule extract_features as extract_set_features with:
     benchmark:
         f"{BENCHMARKS}/extract_features/{{image_set}}_{{kind}}.tsv"
     wildcard_constraints:
-        image_set="|".join(["scored", "rest", *EVALUATION_ONLY_SETS]),
+        image_set="|".join(["scored", *EVALUATION_ONLY_SETS]),
         kind="grid|regions",
     priority: 0  # the training stores first
     params:
         args=lambda wc: extract_args(wc.kind, wc.image_set),
+        shard=0,
+        shards=1,
+        code=lambda wc: extract_code(wc.kind),
+
+
+use rule extract_set_features as extract_rest_features with:
+    # the images an earlier scored part lacks, for complete_features: temp, as once joined the full store holds them
+    input:
+        unpack(extract_inputs("rest")),
+    output:
+        temp(store_output("{kind}", "rest")),
+    log:
+        f"{LOGS}/extract_features/rest_{{kind}}.log",
+    benchmark:
+        f"{BENCHMARKS}/extract_features/rest_{{kind}}.tsv"
+    wildcard_constraints:
+        kind="|".join(COMPLETED_KINDS) or "(?!)",
+    priority: 50  # every training job waits for the full store
+    params:
+        args=lambda wc: extract_args(wc.kind, "rest"),
         shard=0,
         shards=1,
         code=lambda wc: extract_code(wc.kind),

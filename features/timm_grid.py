@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import timm
 import torch
 from PIL import Image
+from timm.data import create_transform, resolve_data_config
 
 
 @dataclass(frozen=True)
@@ -33,8 +35,6 @@ class TimmGridConfig:
 def create(config: TimmGridConfig) -> torch.nn.Module:
     """The timm model with its weights, at the config's input size: a ViT's patch grid and position table are
     resized by timm's own ``set_input_size`` (``resample_abs_pos_embed``); a conv net takes any size as it is."""
-    import timm
-
     if config.weights == "none":
         torch.manual_seed(config.seed)
         model = timm.create_model(config.model, pretrained=False, num_classes=0)
@@ -49,8 +49,6 @@ def create(config: TimmGridConfig) -> torch.nn.Module:
 
 def preprocessing(model: torch.nn.Module, image_size: int):
     """The model's own inference transform (timm's data config), at ``image_size`` (0: the pretrained one)."""
-    from timm.data import create_transform, resolve_data_config
-
     data = resolve_data_config({}, model=model)
     if image_size:
         data["input_size"] = (3, image_size, image_size)
@@ -73,7 +71,7 @@ class TimmGrid:
         self.model = create(config).to(device)
         self.transform = preprocessing(self.model, config.image_size)
         size = config.image_size or self.model.pretrained_cfg["input_size"][-1]
-        with torch.no_grad():
+        with torch.no_grad():  # the store row's shape, from one forward of a blank image
             probe = grid_of(self.model, torch.zeros(1, 3, size, size, device=device))
         self.rows, self.feature_dim = probe.shape[1], probe.shape[2]
         self.weights_record = {"model": config.model, "weights": config.weights, "image_size": size}

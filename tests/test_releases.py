@@ -5,6 +5,7 @@ workflow/rules/releases.smk)."""
 import csv
 import hashlib
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -172,6 +173,10 @@ def test_the_coco_released_config_plans_no_training_and_the_test_images_only(tmp
     # the tables job labels both rows and adds the authors' log of the weights (a COCO run's test split)
     commands = snakemake(workdir, "-n", "-p", configfile="config/coco-released.yaml").stdout
     released = json.loads(shlex.split(commands.split("--released ", 1)[1])[0])
+    # the detector is fetched with config/coco.yaml's own command (one lock file): switching configs refetches nothing
+    coco = snakemake(workdir, "-n", "-p", configfile="config/coco.yaml").stdout
+    detector = re.compile(r"python -m captioner download .*--out data/weights/bua-caffe-frcn-r101-k10-100.pth.*")
+    assert detector.search(commands)[0] == detector.search(coco)[0]
     assert set(released["labels"]) == {"m2_released", "m2_released_authors_features"}
     assert released["reported"] == [[RELEASE.reported_source, 5000, 5, RELEASE.reported]]
 

@@ -125,7 +125,7 @@ class ReleasedModel:
 
     @property
     def features(self) -> str:
-        return self.spec.features
+        return RELEASES[self.release].features_kind
 
     @property
     def objective(self) -> str:

@@ -71,7 +71,12 @@ DATASET = DATASETS[DATASET_NAME]
 FETCH = not DEMO and (DOWNLOAD or "karpathy_json" not in config["dataset"])
 # SHA-256 pins of downloads without a published checksum, beside the config file (config/coco.lock.json)
 CONFIG_FILE = Path((workflow.overwrite_configfiles or ["config/config.yaml"])[-1])
-LOCK_FILE = config["dataset"]["lock_file"] or str(CONFIG_FILE.with_name(f"{CONFIG_FILE.stem}.lock.json"))
+LOCK_FILE = str(CONFIG_FILE.with_name(f"{CONFIG_FILE.stem}.lock.json"))
+# dataset.lock_file, spelled as the default is (absolute where the config's path is): configs that share a lock file
+# then fetch with the same command, so switching between them refetches nothing
+if config["dataset"]["lock_file"]:
+    given = Path(config["dataset"]["lock_file"])
+    LOCK_FILE = str(given.absolute() if CONFIG_FILE.is_absolute() else given)
 
 if DEMO:
     KARPATHY_JSON = f"{RUN}/dataset/dataset_coco.json"
@@ -441,9 +446,7 @@ def release_download_command(release_id, file_name, out):
     """Fetch and verify one released file: its published SHA-256 and size, else the pin in LOCK_FILE."""
     release = configured_release(release_id)
     (found,) = [getattr(release, f) for f in RELEASE_FILES if getattr(release, f).name == file_name]
-    checks = f" --size {found.size}" if found.size else ""
-    checks += f" --sha256 {found.sha256}" if found.sha256 else f" --lock {LOCK_FILE}"
-    return f"python -m captioner download --url {shlex.quote(found.url)} --out {out}{checks}"
+    return download_command(found.url, out, found.size, found.sha256)
 
 
 def release_store(release_id):
@@ -453,7 +456,7 @@ def release_store(release_id):
 
 def release_label(model):
     """How a released-weights model's rows are labelled: the release and the features it read."""
-    facts = configured_release(model_name(model).release)
+    facts = release_of(model)
     features = (
         f"the authors' {facts.features.name}" if reads_release_features(model) else "features extracted by this run"
     )
@@ -598,15 +601,20 @@ KEEP_ZIPS = config["dataset"]["keep_zips"]
 ZIP_DIR = f"{DATA_ROOT}/zips"
 
 
-def fetch_zip_command(source, zip_path):
-    """Download and verify one zip: its published size and SHA-256, or with none published the SHA-256 pinned in
-    LOCK_FILE on first download; the space check counts the zip twice (the zip, then what is unpacked)."""
-    s = SOURCES[source]
+def download_command(url, out, size=None, sha256=None, extra_space=None):
+    """`python -m captioner download` of one file: its published size and SHA-256 where there are any, else the
+    SHA-256 pinned in LOCK_FILE on first download; ``extra_space``: bytes needed beside it (what it unpacks to)."""
     # (for COCO the same command as before datasets were data: a changed param would fetch 20 GB again)
-    size = f" --size {s['size']}" if "size" in s else ""
-    digest = f" --sha256 {s['sha256']}" if "sha256" in s else f" --lock {LOCK_FILE}"
-    space = f" --extra-space {s['size']}" if "size" in s else ""
-    return f"python -m captioner download --url {shlex.quote(s['url'])} --out {zip_path}{size}{digest}{space}"
+    checks = f" --size {size}" if size else ""
+    checks += f" --sha256 {sha256}" if sha256 else f" --lock {LOCK_FILE}"
+    checks += f" --extra-space {extra_space}" if extra_space else ""
+    return f"python -m captioner download --url {shlex.quote(url)} --out {out}{checks}"
+
+
+def fetch_zip_command(source, zip_path):
+    """Download and verify one zip; the space check counts the zip twice (the zip, then what is unpacked)."""
+    s = SOURCES[source]
+    return download_command(s["url"], zip_path, s.get("size"), s.get("sha256"), s.get("size"))
 
 
 def drop_zip(zip_path):
@@ -628,8 +636,6 @@ def gpus_held():
 
 for model in RELEASED_MODELS:  # what a released-weights model cannot do, said while planning
     facts = release_of(model)
-    if features_kind(model) != facts.features_kind:
-        raise ValueError(f"models.{model}: {model_name(model).family} reads {features_kind(model)} features")
     if reads_release_features(model):
         if DEMO and "url" not in (config["releases"].get(model_name(model).release) or {}).get("features", {}):
             raise ValueError(

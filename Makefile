@@ -49,6 +49,7 @@ lint: setup
 	snakemake --lint --configfile config/config.yaml
 	snakemake --lint --configfile config/coco.yaml
 	snakemake --lint --configfile config/coco-released.yaml
+	snakemake --lint --configfile config/coco-clip.yaml
 
 clean-demo:
 	rm -rf results/demo

@@ -26,6 +26,7 @@ if FETCH:
     include: "workflow/rules/download.smk"
 
 
+include: "workflow/rules/backbones.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/train.smk"

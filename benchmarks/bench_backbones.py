@@ -20,7 +20,8 @@ from captioner.data.demo import generate  # noqa: E402
 from features.config import ExtractorConfig  # noqa: E402
 from features.extract import build_extractor  # noqa: E402
 from features.images import load_rgb  # noqa: E402
-from features.timm_grid import TimmGridConfig, build  # noqa: E402
+from features.config import TimmGridConfig  # noqa: E402
+from features.timm_grid import build  # noqa: E402
 
 PAPERS = {  # the extractors of the two papers, as config/coco.yaml runs them
     "torchvision resnet101 @448 (SAT's grid)": dict(kind="grid", backbone="resnet101", image_size=448, grid_size=14),
@@ -67,7 +68,7 @@ def main() -> None:
                 extractor = build_extractor(ExtractorConfig(**PAPERS[case]), device)
             else:
                 name, size = TIMM[case]
-                extractor = build(TimmGridConfig(model=name, image_size=size), device)
+                extractor = build(TimmGridConfig(model=name, weights="none", image_size=size), device)
             speed = throughput(extractor, paths, args.batch_size)
             results[case] = (f"{extractor.rows} x {extractor.feature_dim}", speed)
             print(f"{case}: {speed:.2f} img/s", flush=True)

@@ -36,7 +36,7 @@ from captioner.models.m2 import M2Config, MeshedMemoryTransformer  # noqa: E402
 from captioner.models.sat import SATConfig, ShowAttendTell  # noqa: E402
 from captioner.training.scst import SelfCritical  # noqa: E402
 from features import detector as detector_module  # noqa: E402
-from features.config import ExtractorConfig  # noqa: E402
+from features.config import ExtractorConfig, TimmGridConfig  # noqa: E402
 from features.extract import ImageDataset, RunOptions, build_extractor, extract  # noqa: E402
 from pipeline.config import defaults  # noqa: E402
 from pipeline.manifest import ManifestImage, write_manifest  # noqa: E402
@@ -52,6 +52,8 @@ class Scale:
     grid_batch: int = 128
     grid_backbone: str = "resnet101"
     grid_size: int = 448
+    timm_model: str = "vit_base_patch16_clip_224.openai"  # config/coco-clip.yaml's grid (random weights here)
+    timm_size: int = 224
     region_images: int = 160
     region_backbone: str = "resnet101"
     region_min_size: int = 600
@@ -67,7 +69,8 @@ class Scale:
     matmul: int = 8192
 
 
-SMOKE = Scale(files=4, grid_images=12, grid_batch=4, grid_backbone="resnet18", grid_size=64, region_images=4,
+SMOKE = Scale(files=4, grid_images=12, grid_batch=4, grid_backbone="resnet18", grid_size=64, timm_model="test_vit",
+              timm_size=64, region_images=4,
               region_backbone="resnet50", region_min_size=96, region_max_size=128, region_proposals=(100, 12),
               region_boxes=(2, 6), agreement_images=2,
               caption_features=64, m2=dict(d_model=32, heads=2, d_ff=64, memory_slots=4, encoder_layers=1,
@@ -179,6 +182,23 @@ def check_extraction(folder: Path, files: list[Path], scale: Scale, device: torc
     rows.append(f"| grid {scale.grid_backbone}@{scale.grid_size}, bf16 on GPUs, channels_last, batch "
                 f"{scale.grid_batch}, {workers} decode workers | {steady:,.0f} (whole run {overall:,.0f}) | "
                 f"{flops / 1e9:,.1f} GFLOP | {bound(flops, peak['bf16'])} |")
+    print(rows[-1], flush=True)
+
+    # a timm backbone's grid (features.backbones): one forward of the tower, bf16 autocast on GPUs
+    backbone = TimmGridConfig(model=scale.timm_model, weights="none", image_size=scale.timm_size)
+
+    def timm_run(count: int) -> None:
+        target = out / f"timm_{count}.h5"
+        extract(manifest(folder, files, count), folder / "images", target, backbone, options)
+        target.unlink()
+
+    steady_timm, overall_timm = steady_rate(timm_run, small, scale.grid_images)
+    tower = build_extractor(backbone, device)
+    probe_float = torch.zeros(1, 3, scale.timm_size, scale.timm_size)
+    timm_flops = count_flops(lambda: tower({"images": probe_float}))
+    rows.append(f"| grid timm {scale.timm_model}@{scale.timm_size} ({tower.rows} x {tower.feature_dim}), bf16 autocast "
+                f"on GPUs, batch {scale.grid_batch}, {workers} decode workers | {steady_timm:,.0f} (whole run "
+                f"{overall_timm:,.0f}) | {timm_flops / 1e9:,.1f} GFLOP | {bound(timm_flops, peak['bf16'])} |")
     print(rows[-1], flush=True)
 
     # what the CPU side alone delivers: decode + resize in the loader workers, no model

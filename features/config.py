@@ -6,7 +6,7 @@ rule's code fingerprint names only the module its job runs (editing the region d
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import ClassVar, Literal, get_args
 
 from pipeline.config import defaults
@@ -80,31 +80,63 @@ class RegionSettings:
 
 
 @dataclass
-class ExtractSpec:
-    """What an extraction job is given: how it stores, and its kind's section (``features.grid`` or
-    ``features.regions``, with ``weights`` resolved by the workflow: the pretrained trunk's or a fetched file's
-    path)."""
+class TimmGridConfig:
+    """``features.backbones.<name>`` (but ``weights_url``: the workflow's, for its download rule): a grid from a timm
+    backbone (features/timm_grid.py). Also what its stores record, with ``kind`` and ``library``."""
 
-    kind: Kind
+    SECTION: ClassVar = ("features", "backbones", "*")
+    NOT_IN_SPEC: ClassVar = ("weights_url",)
+    kind: ClassVar = "grid"  # the store it writes
+    library: ClassVar = "timm"
+    model: str = setting("features", "backbones", "*", "model", required=True)  # a timm name with its tag
+    weights: str = setting("features", "backbones", "*", "weights")  # none (random, seeded) | a weights file's path
+    image_size: int = setting("features", "backbones", "*", "image_size")  # 0: the tag's own
+    seed: int = setting("features", "backbones", "*", "seed")
+
+    @property
+    def module(self) -> str:
+        return extractor_module("timm")
+
+    def record(self) -> dict:
+        return {"kind": self.kind, "library": self.library, **asdict(self)}
+
+
+SpecKind = Literal["grid", "regions", "timm"]  # an extraction job's: the ResNet grid, regions, or a timm backbone's grid
+SPEC_SECTIONS = {"grid": GridSettings, "regions": RegionSettings, "timm": TimmGridConfig}
+
+
+@dataclass
+class ExtractSpec:
+    """What an extraction job is given: how it stores, and its kind's section (``features.grid``,
+    ``features.regions`` or a ``features.backbones`` entry, with ``weights`` resolved by the workflow: the pretrained
+    trunk's or a fetched file's path)."""
+
+    kind: SpecKind
     store: StoreSettings
-    extractor: GridSettings | RegionSettings
+    extractor: GridSettings | RegionSettings | TimmGridConfig
 
     @classmethod
     def parse(cls, data, where: str = "--spec") -> ExtractSpec:
         if not isinstance(data, dict) or set(data) != {"kind", "store", "extractor"}:
             raise InputError(f"{where}: expected an object with kind, store and extractor")
-        check_choice(data["kind"], Kind, f"{where}.kind")
-        section = GridSettings if data["kind"] == "grid" else RegionSettings
+        check_choice(data["kind"], SpecKind, f"{where}.kind")
         return cls(data["kind"], parse(StoreSettings, data["store"], f"{where}.store"),
-                   parse(section, data["extractor"], f"{where}.extractor"))
+                   parse(SPEC_SECTIONS[data["kind"]], data["extractor"], f"{where}.extractor"))
 
     @staticmethod
-    def json_from_config(config: dict, kind: str, weights: str) -> str:
-        """The spec of one kind's job, from the workflow's config (``weights`` resolved by the workflow)."""
-        section = GridSettings if kind == "grid" else RegionSettings
-        spec = {"kind": kind, "store": from_config(StoreSettings, config),
-                "extractor": from_config(section, config, weights=weights)}
-        return compact_json(spec)
+    def json_from_config(config: dict, kind: str, weights: str, backbone: str | None = None) -> str:
+        """The spec of one kind's job, from the workflow's config (``weights`` resolved by the workflow); kind timm:
+        the entry ``features.backbones.<backbone>``."""
+        if kind == "timm":
+            entry = config["features"]["backbones"][backbone]
+            extractor = {f.name: entry[f.name] for f in fields(TimmGridConfig)} | {"weights": weights}
+        else:
+            extractor = from_config(SPEC_SECTIONS[kind], config, weights=weights)
+        return compact_json({"kind": kind, "store": from_config(StoreSettings, config), "extractor": extractor})
+
+    def extractor_config(self) -> ExtractorConfig | TimmGridConfig:
+        """What the job extracts with, as its stores record it."""
+        return self.extractor if self.kind == "timm" else ExtractorConfig.from_spec(self)
 
 
 @dataclass
@@ -176,9 +208,26 @@ class ExtractorConfig:
         known = {f.name for f in fields(cls)}
         return cls(kind=spec.kind, **{k: v for k, v in vars(spec.extractor).items() if k in known})
 
+    @property
+    def module(self) -> str:
+        return extractor_module(self.kind, self.boxes)
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+def recorded_extractor(recorded: dict) -> ExtractorConfig | TimmGridConfig:
+    """The extractor config a store (and a checkpoint trained on it) recorded: ``record()`` read back."""
+    if recorded.get("library") == TimmGridConfig.library:
+        return TimmGridConfig(**{k: v for k, v in recorded.items() if k not in ("kind", "library")})
+    return ExtractorConfig(**recorded)
+
 
 def extractor_module(kind: str, boxes: str = "given") -> str:
-    """The module whose ``build(config, device, boxes)`` makes the extractor of this kind."""
+    """The module whose ``build(config, device, boxes)`` makes the extractor of this kind (timm: a timm backbone's
+    grid)."""
     if kind == "grid":
         return "features.grid"
+    if kind == "timm":
+        return "features.timm_grid"
     return "features.regions" if boxes == "given" else "features.bottom_up"

@@ -1,7 +1,8 @@
 """``python -m features job extract``: features of every image of the manifest (or of one shard of it) into a store.
 
 The kind of extractor comes from :func:`features.config.extractor_module` (grid: :mod:`features.grid`; regions from
-given boxes: :mod:`features.regions`; detected regions: :mod:`features.bottom_up`). Each implements the same small
+given boxes: :mod:`features.regions`; detected regions: :mod:`features.bottom_up`; a timm backbone's grid:
+:mod:`features.timm_grid`). Each implements the same small
 contract: ``rows`` and ``feature_dim`` of a store row, ``weights_record``, ``load(image, key)`` (CPU work, in loader
 workers), ``collate(items)``, ``__call__(batch) -> arrays of store rows``, and optionally ``check(keys)`` (raise
 when an input it needs for one of them is missing: given boxes). This module is the run loop around it:
@@ -16,7 +17,7 @@ import importlib
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from features.config import ExtractorConfig, ExtractSpec, extractor_module
+from features.config import ExtractorConfig, ExtractSpec, TimmGridConfig
 from features.images import ImageError, load_rgb
 from features.store.writer import StoreWriter
 from pipeline.config import defaults
@@ -48,9 +49,9 @@ class RunOptions:
     limit: int | None = None
 
 
-def build_extractor(config: ExtractorConfig, device: torch.device, boxes=None):
+def build_extractor(config: ExtractorConfig | TimmGridConfig, device: torch.device, boxes=None):
     """The extractor of ``config``'s kind, from its own module (imported by name: see features.config)."""
-    return importlib.import_module(extractor_module(config.kind, config.boxes)).build(config, device, boxes)
+    return importlib.import_module(config.module).build(config, device, boxes)
 
 
 class ImageDataset(Dataset):
@@ -88,6 +89,12 @@ class ImageDataset(Dataset):
         return state
 
 
+def library_version(config) -> dict:
+    """The version of the library an extractor's model comes from, where it is not torchvision (timm)."""
+    library = getattr(config, "library", None)
+    return {library: importlib.import_module(library).__version__} if library else {}
+
+
 def shard_slice(count: int, shard: int, num_shards: int) -> slice:
     """Contiguous slice ``shard`` of ``num_shards`` near-equal slices of ``count`` items."""
     if not 0 <= shard < num_shards:
@@ -96,7 +103,7 @@ def shard_slice(count: int, shard: int, num_shards: int) -> slice:
     return slice(shard * size, min((shard + 1) * size, count))
 
 
-def extract(manifest: str | Path, image_root: str | Path, out: str | Path, config: ExtractorConfig,
+def extract(manifest: str | Path, image_root: str | Path, out: str | Path, config: ExtractorConfig | TimmGridConfig,
             options: RunOptions, boxes_json: str | Path | None = None, shard: int = 0, num_shards: int = 1) -> dict:
     """Extract features for every image of the manifest (or of one shard of it) into the store at ``out``.
 
@@ -114,10 +121,10 @@ def extract(manifest: str | Path, image_root: str | Path, out: str | Path, confi
     if hasattr(extractor, "check"):  # inputs it needs per image (given boxes): all present before the first one
         extractor.check([i for i, _ in items])
     meta = {
-        "extractor": asdict(config),
+        "extractor": config.record(),
         "weights_record": extractor.weights_record,
         "software": {"python": platform.python_version(), "torch": torch.__version__,
-                     "torchvision": torchvision.__version__, "numpy": np.__version__},
+                     "torchvision": torchvision.__version__, "numpy": np.__version__, **library_version(config)},
         "source": {"manifest": str(manifest), "image_root": str(image_root)},
         "storage": {"dtype": options.dtype, "compression": options.compression},
         "shard": {"index": shard, "count": num_shards},
@@ -179,5 +186,5 @@ def run(args) -> None:
     options = RunOptions(batch_size=store.batch_size, num_workers=store.num_workers, device=store.device,
                          dtype=store.dtype, compression=None if store.compression == "none" else store.compression,
                          on_error=store.on_error, limit=args.limit)
-    extract(args.manifest, args.image_root, args.out, ExtractorConfig.from_spec(spec), options,
+    extract(args.manifest, args.image_root, args.out, spec.extractor_config(), options,
             boxes_json=args.boxes, shard=args.shard, num_shards=args.num_shards)

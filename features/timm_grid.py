@@ -16,25 +16,20 @@ pretrained config, and its own position-embedding resampling when weights are lo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import timm
 import torch
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
-
-@dataclass(frozen=True)
-class TimmGridConfig:
-    model: str  # a timm model name, with or without its pretrained tag (vit_base_patch16_clip_224.openai)
-    weights: str = "none"  # none (random init, seeded) | the path of the tag's weights file (safetensors or .bin)
-    image_size: int = 0  # the square input side; 0: the pretrained config's
-    seed: int = 0
+from features.config import TimmGridConfig
+from pipeline.errors import InputError
 
 
 def create(config: TimmGridConfig) -> torch.nn.Module:
     """The timm model with its weights, at the config's input size: a ViT's patch grid and position table are
     resized by timm's own ``set_input_size`` (``resample_abs_pos_embed``); a conv net takes any size as it is."""
+    if config.weights == "hub":  # the workflow's rule timm_weights fetches it and passes the file's path
+        raise InputError(f"{config.model}: weights 'hub' is a file the workflow fetches; give its path (or none)")
     if config.weights == "none":
         torch.manual_seed(config.seed)
         model = timm.create_model(config.model, pretrained=False, num_classes=0)
@@ -47,12 +42,18 @@ def create(config: TimmGridConfig) -> torch.nn.Module:
     return model.eval()
 
 
-def preprocessing(model: torch.nn.Module, image_size: int):
-    """The model's own inference transform (timm's data config), at ``image_size`` (0: the pretrained one)."""
+def data_config(model: torch.nn.Module, image_size: int) -> dict:
+    """The model's own preprocessing settings (timm's data config: resize, crop, interpolation, mean/std), at
+    ``image_size`` (0: the pretrained one)."""
     data = resolve_data_config({}, model=model)
     if image_size:
         data["input_size"] = (3, image_size, image_size)
-    return create_transform(**data, is_training=False)
+    return data
+
+
+def preprocessing(model: torch.nn.Module, image_size: int):
+    """The model's own inference transform at ``image_size`` (0: the pretrained one)."""
+    return create_transform(**data_config(model, image_size), is_training=False)
 
 
 def grid_of(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -74,7 +75,8 @@ class TimmGrid:
         with torch.no_grad():  # the store row's shape, from one forward of a blank image
             probe = grid_of(self.model, torch.zeros(1, 3, size, size, device=device))
         self.rows, self.feature_dim = probe.shape[1], probe.shape[2]
-        self.weights_record = {"model": config.model, "weights": config.weights, "image_size": size}
+        self.weights_record = {"model": config.model, "weights": config.weights, "image_size": size,
+                               "input": data_config(self.model, config.image_size)}
 
     def load(self, image: Image.Image, key) -> dict:
         return {"image": self.transform(image.convert("RGB"))}

@@ -24,6 +24,6 @@ def defaults(*section: str) -> dict:
     """``{key: default}`` of the keys of a config section, e.g. ``defaults("features", "grid")`` or
     ``defaults("sat")``; keys without a default are absent."""
     node = schema()
-    for key in section:
-        node = node["properties"][key]
+    for key in section:  # "*": any entry of a map of named entries (features.backbones.<name>)
+        node = node["additionalProperties"] if key == "*" else node["properties"][key]
     return {key: sub["default"] for key, sub in node.get("properties", {}).items() if "default" in sub}

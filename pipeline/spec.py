@@ -179,8 +179,8 @@ def _check(kind, value, key: str):
 def section(*path: str) -> dict:
     """The schema node of a config section, its references and ``allOf`` parts merged in."""
     node = schema()
-    for key in path:
-        node = resolve(node)["properties"][key]
+    for key in path:  # "*": any entry of a map of named entries (features.backbones.<name>)
+        node = resolve(node)["additionalProperties"] if key == "*" else resolve(node)["properties"][key]
     return resolve(node)
 
 

@@ -58,7 +58,7 @@ def rules() -> dict[str, tuple[str, set[str]]]:
                 modules.add("captioner.training.launch")
             if "model_module(" in block:  # the registry imports these by name: every family's
                 modules |= {FAMILIES[f].module for f in FAMILIES}
-            if "objective_module(" in block:
+            if "objective_module" in block:
                 modules |= {objective_module(m) for m in base_models()}
             modules |= set(re.findall(r'code\(\s*"([\w.]+)"', block))
             if original:  # `use rule ... with:` keeps the original's env and command unless it names its own

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 from timm.layers import resample_abs_pos_embed
 
-from features.timm_grid import TimmGridConfig, build, create, grid_of
+from features.config import TimmGridConfig
+from features.timm_grid import build, create, grid_of
 
 # tiny test models of the three shapes of grid: a ViT (class token + patches), a ConvNeXt, CLIP's ResNet (ByobNet)
 MODELS = ["test_vit", "test_convnext", "resnet50_clip"]
@@ -17,7 +18,7 @@ MODELS = ["test_vit", "test_convnext", "resnet50_clip"]
 def test_our_grid_is_the_librarys_own_feature_map(name):
     """timm's forward_intermediates reshapes a ViT's tokens to the patch grid itself: our (cells, channels) rows must
     be that map's cells in row-major order, prefix tokens off, on the same random weights and input."""
-    model = create(TimmGridConfig(model=name, seed=3))
+    model = create(TimmGridConfig(model=name, weights="none", seed=3))
     size = model.pretrained_cfg["input_size"][-1]
     images = torch.randn(2, 3, size, size)
     with torch.no_grad():
@@ -31,7 +32,7 @@ def test_our_grid_is_the_librarys_own_feature_map(name):
 
 def test_the_extractor_preprocesses_as_the_weights_were_trained():
     """CLIP's tower: bicubic resize of the shorter side to size / crop_pct, centre crop, CLIP's mean and std."""
-    extractor = build(TimmGridConfig(model="resnet50_clip.openai", image_size=224), torch.device("cpu"))
+    extractor = build(TimmGridConfig(model="resnet50_clip.openai", weights="none", image_size=224), torch.device("cpu"))
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8))
     tensor = extractor.load(image, 1)["image"]
     assert tensor.shape == (3, 224, 224)
@@ -46,7 +47,7 @@ def test_the_extractor_preprocesses_as_the_weights_were_trained():
 
 
 def test_a_vit_at_another_input_size_keeps_a_resampled_position_embedding(tmp_path):
-    trained = create(TimmGridConfig(model="test_vit", seed=1))
+    trained = create(TimmGridConfig(model="test_vit", weights="none", seed=1))
     torch.save(trained.state_dict(), tmp_path / "weights.pth")
     extractor = build(TimmGridConfig(model="test_vit", weights=str(tmp_path / "weights.pth"), image_size=320),
                       torch.device("cpu"))

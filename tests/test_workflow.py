@@ -179,6 +179,8 @@ RERUN_MATRIX = {
     "released M2 importer": ("captioner/apps/import_m2_weights.py", Counter()),
     "manifest parts": ("captioner/data/split_manifest.py", Counter()),
     "store merge": ("features/store/merge.py", Counter()),  # (shards: 1, nothing to join)
+    # timm backbones (issue 33): a run without features.backbones runs none of their code
+    "timm grid extractor": ("features/timm_grid.py", Counter()),
 }
 
 

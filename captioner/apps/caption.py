@@ -12,7 +12,7 @@ import torch
 
 from captioner.models.beam_search import beam_search, collapse_repeats
 from captioner.models.checkpoint import CheckpointError, load_for_inference
-from features.config import ExtractorConfig
+from features.config import recorded_extractor
 from features.extract import ImageDataset, build_extractor
 from features.images import ImageError
 from pipeline.atomic import write_json
@@ -59,7 +59,7 @@ def caption_images(model_path: str, inputs: list[str], beam_size: int, max_lengt
     if not recorded or "kind" not in recorded:
         raise CheckpointError(f"{model_path}: no extractor settings recorded (imported weights?); extract features "
                               "with `python -m features job extract` and decode them instead")
-    config = ExtractorConfig(**recorded)
+    config = recorded_extractor(recorded)
     paths = image_paths(inputs)
     boxes = None
     if config.kind == "regions" and config.boxes == "given":

@@ -42,6 +42,17 @@ PUBLISHED = {
          {"BLEU-1": 66.9, "BLEU-2": 43.9, "BLEU-3": 29.6, "BLEU-4": 19.9, "METEOR": 18.46}),
     ],
 }
+# The same vanilla Transformer captioner and settings on different features of the COCO images, XE then SCST (X-modaler,
+# Li et al. 2021, with the grids of jianjieluo/OpenAI-CLIP-Feature, README §2.1-2.2; CIDEr only), shown on COCO runs
+# whose models read features.backbones grids: what a backbone is worth, measured by others.
+FEATURE_COMPARISON = {
+    "coco": [
+        (f"published: X-modaler Transformer, {features}, {stage}", {"CIDEr-D": cider})
+        for features, scores in (("bottom-up regions", (116.6, 130.0)), ("CLIP RN101 grids", (120.6, 134.2)),
+                                 ("CLIP ViT-B/16 grids", (122.3, 136.6)), ("CLIP RN101 grids at 448 px", (123.6, 136.2)))
+        for stage, cider in zip(("XE", "SCST"), scores)
+    ],
+}
 DATASET_LABELS = {"coco": "COCO", "flickr8k": "Flickr8k", "flickr30k": "Flickr30k"}
 TEST_IMAGES = {"coco": 5000, "flickr8k": 1000, "flickr30k": 1000}  # the Karpathy test splits' sizes
 
@@ -135,6 +146,17 @@ def published_rows(dataset: str) -> list[dict]:
              "beam_size": "", "epoch": "", **scores} for name, scores in PUBLISHED[dataset]]
 
 
+def feature_comparison_rows(dataset: str) -> list[dict]:
+    """Others' rows of one captioner on several features of ``dataset`` (FEATURE_COMPARISON; none for most)."""
+    return [{"model": f"{name}, {DATASET_LABELS[dataset]}", "split": "test", "images": TEST_IMAGES[dataset],
+             "beam_size": "", "epoch": "", **scores} for name, scores in FEATURE_COMPARISON.get(dataset, [])]
+
+
+def label_rows(rows: list[dict], labels: dict) -> list[dict]:
+    """Rows of named experiments (and models on other features than their family's) labelled with what they are."""
+    return [dict(row, label=labels[row["model"]]) if row["model"] in labels else row for row in rows]
+
+
 def label_released(rows: list[dict], released: dict) -> list[dict]:
     """Released weights' rows labelled as such, and the authors' own log of each release as a row of its own.
     ``released``: ``{"labels": {model: label}, "reported": [[name, images, beam, {metric: score}], ...]}`` (the
@@ -224,12 +246,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-samples", help="samples.md: a few images with every model's caption")
     parser.add_argument("--released", help="JSON: the labels of released weights' rows and their authors' logs "
                                            "(label_released)")
+    parser.add_argument("--labels", help="JSON {model: label}: what named experiments are (label_rows)")
+    parser.add_argument("--feature-comparison", action="store_true",
+                        help="with published rows: others' rows of one captioner on several features of the dataset "
+                             "(FEATURE_COMPARISON), for runs on backbone grids")
 
 def run(args) -> None:
     spec = spec_from_args(TablesSpec, args)
     rows = build_rows(args.scores, bootstrap_of(spec))
     if spec.published_rows:
         rows += published_rows(spec.dataset)
+        if args.feature_comparison:
+            rows += feature_comparison_rows(spec.dataset)
+    if args.labels:
+        rows = label_rows(rows, json.loads(args.labels))
     if args.released:
         rows = label_released(rows, json.loads(args.released))
     write_text(args.out_csv, to_csv(rows))

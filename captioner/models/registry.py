@@ -26,6 +26,10 @@ class Variant:
     init_from: str | None = None  # the variant whose best weights it starts from
 
 
+# the keys of a models.<name> entry that say what the model is and what it reads, not how it trains: never part of its
+# recipe (the workflow makes each seed its own job, and the features its input file)
+ENTRY_KEYS = ("seeds", "base", "features", "init_from")
+
 # each objective's global batch (split across data-parallel processes): the recipe key the trainer divides among
 # ranks and the workflow checks against train.gpus_per_job
 GLOBAL_BATCH_KEY = {"xe": "batch_size", "reinforce": "batch_size", "scst": "scst_batch_images"}
@@ -36,17 +40,23 @@ class Family:
     module: str
     config_class: str
     model_class: str
-    features: str  # the feature store kind it reads: grid | regions
+    features: str  # the form its inputs take: grid (cells) | regions (rows and how many are real)
     variants: dict
     attention_maps: bool = False  # its decoder's per-step extra output is attention over the grid cells
+    stores: tuple = ()  # the store kinds it can read (default: its own ``features``)
+
+    @property
+    def readable_stores(self) -> tuple:
+        return self.stores or (self.features,)
 
 
 FAMILIES = {
     "sat": Family("captioner.models.sat", "SATConfig", "ShowAttendTell", "grid",
                   {"soft": Variant({"attention": "soft"}), "hard": Variant({"attention": "hard"}, "reinforce")},
                   attention_maps=True),
+    # M²'s encoder reads a set of vectors: regions, or a grid's cells as rows (all real), without positions
     "m2": Family("captioner.models.m2", "M2Config", "MeshedMemoryTransformer", "regions",
-                 {"xe": Variant(), "scst": Variant(objective="scst", init_from="xe")}),
+                 {"xe": Variant(), "scst": Variant(objective="scst", init_from="xe")}, stores=("regions", "grid")),
 }
 
 
@@ -59,13 +69,16 @@ class ModelName:
     blind: bool
 
     @classmethod
-    def parse(cls, name: str) -> "ModelName":
-        base = name.removesuffix("_blind")
+    def parse(cls, name: str, recipe: str | None = None) -> "ModelName":
+        """A registered name (``m2_xe``, ``sat_soft_blind``), or any ``name`` for a named experiment whose
+        ``recipe`` is a registered one (``m2_xe_clip`` of ``m2_xe``): the recipe gives family, variant and blind."""
+        registered = recipe or name
+        base = registered.removesuffix("_blind")
         family, _, variant = base.partition("_")
         if family not in FAMILIES or variant not in FAMILIES[family].variants:
-            raise InputError(f"unknown model {name!r}; expected one of {', '.join(base_models())} optionally "
+            raise InputError(f"unknown model {registered!r}; expected one of {', '.join(base_models())} optionally "
                              "followed by _blind")
-        return cls(name=name, base=base, family=family, variant=variant, blind=name != base)
+        return cls(name=name, base=base, family=family, variant=variant, blind=registered != base)
 
     @property
     def spec(self) -> Family:
@@ -74,6 +87,11 @@ class ModelName:
     @property
     def objective(self) -> str:
         return self.spec.variants[self.variant].objective
+
+    @property
+    def objective_module(self) -> str:
+        """The module of the objective it trains with (imported by name by the trainer)."""
+        return f"captioner.training.{self.objective}"
 
     @property
     def batch_key(self) -> str:
@@ -101,5 +119,5 @@ def model_module(name: str) -> str:
 
 
 def objective_module(name: str) -> str:
-    """The module of the objective the model ``name`` trains with (imported by name by the trainer)."""
-    return f"captioner.training.{ModelName.parse(name).objective}"
+    """The module of the objective the registered model ``name`` trains with (imported by name by the trainer)."""
+    return ModelName.parse(name).objective_module

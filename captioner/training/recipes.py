@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import make_dataclass
 from typing import Any, Literal
 
+from captioner.models.registry import ENTRY_KEYS
 from pipeline.spec import Precision, parse, setting
 
 XeBatches = Literal["shuffled_pairs", "by_image"]  # cross-entropy batches: (image, caption) pairs, or whole images
@@ -32,7 +33,7 @@ def _recipe_class(family: str) -> type:
     fields.append(("model", dict[str, Any], setting(family, "model")))  # the model file's dataclass checks it
     # a setting of every model that the workflow adds to the recipe when it is on (train.ema_decay)
     fields.append(("ema_decay", float, setting("train", "ema_decay")))
-    namespace = {"SECTION": (family,), "NOT_IN_SPEC": ("seeds",)}  # seeds: the workflow makes each its own job
+    namespace = {"SECTION": (family,), "NOT_IN_SPEC": ENTRY_KEYS}  # a model entry's own keys (the registry's)
     return make_dataclass(f"{family.capitalize()}Recipe", fields, namespace=namespace)
 
 

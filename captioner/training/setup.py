@@ -42,8 +42,9 @@ def build(name: ModelName, hp: dict, features: str, captions: str, vocab: str, i
     if not train_images or not val_images:
         raise TrainingError(f"{captions}: the train and val splits must not be empty")
     store = FeatureStore(features, preload=bool(hp["preload_features"]))
-    if store.kind != name.features:
-        raise TrainingError(f"{features}: {name.family} needs a {name.features} store, got {store.kind}")
+    if store.kind not in name.spec.readable_stores:
+        raise TrainingError(f"{features}: {name.family} reads a {' or '.join(name.spec.readable_stores)} store, "
+                            f"got {store.kind}")
     # every id must be present before the first step, not discovered hours later
     store.check_ids([i["image_id"] for i in train_images + val_images])
 

@@ -36,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from captioner.models.checkpoint import CHECKPOINT_FORMAT
-from captioner.models.registry import ModelName, objective_module
+from captioner.models.registry import ModelName
 from captioner.training import distributed
 from captioner.training.checkpointing import Checkpoints, file_stamp
 from captioner.training.early_stopping import EarlyStopping
@@ -80,15 +80,15 @@ def default_hooks(hp: dict) -> list[Hook]:
 class Trainer:
     def __init__(self, name: str, features: str, captions: str, vocab: str, hparams: dict, out_dir: str,
                  init: str | None = None, device: str = "auto", outputs: dict | None = None,
-                 checkpoint_minutes: float = 0.0, hooks: list[Hook] | None = None):
+                 checkpoint_minutes: float = 0.0, hooks: list[Hook] | None = None, recipe: str | None = None):
         """``out_dir`` holds ``last.pt`` and, unless ``outputs`` names them (keys checkpoint, metrics, curve),
         ``checkpoint.pt``, ``metrics.csv`` and ``curve.png``. ``hooks``: default :func:`default_hooks`."""
-        self.name = ModelName.parse(name)
+        self.name = ModelName.parse(name, recipe)  # recipe: the registered model a named experiment varies
         self.hp = merged_hparams(self.name, hparams)  # as given: recorded in the checkpoints, read by the objective
         self.recipe = parse_recipe(self.name.family, self.hp)  # typed: each key's type and allowed values checked
         self.checkpoints = Checkpoints(out_dir, outputs)
         self.device = pick_device(device)
-        objective_class = importlib.import_module(objective_module(name)).OBJECTIVE  # by name: see the registry
+        objective_class = importlib.import_module(self.name.objective_module).OBJECTIVE  # by name: see the registry
         self.ranks = distributed.Ranks.from_env()
         if self.ranks.enabled:
             key = self.name.batch_key
@@ -387,7 +387,9 @@ class Trainer:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="a registered model name, e.g. sat_soft or m2_xe_blind")
+    parser.add_argument("--model", required=True, help="the model's name: a registered one (sat_soft, m2_xe_blind) or "
+                                                       "a named experiment's (with --recipe)")
+    parser.add_argument("--recipe", help="the registered model a named experiment varies (m2_xe for m2_xe_clip)")
     parser.add_argument("--features", required=True, help="feature store (.h5/.zarr)")
     parser.add_argument("--captions", required=True)
     parser.add_argument("--vocab", required=True)
@@ -416,7 +418,7 @@ def run(args) -> int:
         trainer = Trainer(args.model, args.features, args.captions, args.vocab, hparams, args.out_dir,
                           init=args.init, device=args.device,
                           outputs={"checkpoint": args.checkpoint, "metrics": args.metrics, "curve": args.curve},
-                          checkpoint_minutes=args.checkpoint_minutes)
+                          checkpoint_minutes=args.checkpoint_minutes, recipe=args.recipe)
         trainer.run()
         finished = True
     except TrainingInterrupted as stop:

@@ -1,12 +1,14 @@
 # Shared paths and helpers. Jobs run the project code that sits beside this workflow (PYTHONPATH),
 # and each rule's params carry a fingerprint of that code (pitfall P5: Snakemake cannot see imports).
+import re
 import shlex
 from pathlib import Path
 
 from captioner.evaluation.significance import default_pairs
-from captioner.models.registry import ModelName, objective_module
+from captioner.models.registry import ENTRY_KEYS, ModelName
 from captioner.models.releases import FILES as RELEASE_FILES, ReleasedModel, release as release_facts
 from features.config import ExtractSpec, extractor_module, pretrain_mismatch
+from pipeline.errors import InputError
 from pipeline.spec import compact_json, to_json as spec_json
 from pipeline.provenance import code_hash
 
@@ -137,11 +139,34 @@ def model_entry(model):
     return config["models"].get(model) or {}
 
 
+def sighted_entry(model):
+    """The entry of a blind twin's sighted model (m2_xe_clip for m2_xe_clip_blind), {} for a sighted model."""
+    sighted = model.removesuffix("_blind")
+    return model_entry(sighted) if sighted != model else {}
+
+
+def recipe_of(model):
+    """The registered model whose recipe a model trains with: a named experiment's base (its blind twin: the base's
+    blind), else the model's own name."""
+    if "base" in model_entry(model):
+        return model_entry(model)["base"]
+    if "base" in sighted_entry(model):
+        return sighted_entry(model)["base"].removesuffix("_blind") + "_blind"
+    return model
+
+
 def model_name(model):
     """The registry's view of a model name (family, variant, blind, the model it starts from); released weights:
     captioner/models/releases.py's."""
     release = model_entry(model).get("release")
-    return ReleasedModel.parse(model, release) if release else ModelName.parse(model)
+    if release:
+        return ReleasedModel.parse(model, release)
+    recipe = recipe_of(model)
+    try:
+        return ModelName.parse(model, recipe if recipe != model else None)
+    except InputError as error:
+        hint = "" if recipe != model else "; a named experiment of one of them gives base: (e.g. base: sat_soft)"
+        raise ValueError(f"models.{model}: {error}{hint}") from None
 
 
 def is_released(model):
@@ -168,8 +193,47 @@ def family(model):
 
 
 def features_kind(model):
-    """The feature store a model reads (registry): grid or regions."""
+    """The form of a model's inputs (registry): grid or regions."""
     return model_name(model).features
+
+
+BACKBONES = config["features"]["backbones"]  # named grid sources from timm (features/timm_grid.py)
+FEATURE_SOURCES = ["grid", "regions", *BACKBONES]
+
+
+def features_source(model):
+    """The store a model trains on and is decoded from: models.<name>.features (a blind twin: its sighted model's),
+    else its family's kind; grid, regions or a features.backbones name."""
+    if is_released(model):
+        return features_kind(model)
+    return model_entry(model).get("features") or sighted_entry(model).get("features") or features_kind(model)
+
+
+def source_kind(source):
+    """The kind of store a feature source writes: a timm backbone's is a grid."""
+    return "grid" if source in BACKBONES else source
+
+
+def parent_of(model):
+    """The model whose best weights a model starts from (m2_scst: m2_xe), or None: models.<name>.init_from (a blind
+    twin: its sighted model's, blind), else its recipe's."""
+    name = model_name(model)
+    if is_released(model) or not name.init_from:
+        return None
+    if "init_from" in model_entry(model):
+        parent = model_entry(model)["init_from"]
+    elif "init_from" in sighted_entry(model):
+        parent = sighted_entry(model)["init_from"].removesuffix("_blind") + "_blind"
+    else:
+        return name.init_from
+    if parent not in config["models"] and recipe_of(parent) == parent:
+        try:
+            ModelName.parse(parent)
+        except InputError:
+            raise ValueError(
+                f"models.{model}.init_from: {parent} is neither a model of the config nor a registered one"
+            ) from None
+    return parent
 
 
 def deep_merge(base, override):
@@ -183,11 +247,20 @@ def deep_merge(base, override):
 
 
 def hparams(model):
-    """Family defaults, then the base model's overrides, then the blind variant's own (blind = same recipe)."""
-    base = model.removesuffix("_blind")
-    merged = deep_merge(config[family(model)], config["models"].get(base) or {})
-    if model != base:
-        merged = deep_merge(merged, config["models"].get(model) or {})
+    """Family defaults, then (a named experiment) its base model's overrides where that model is configured, then
+    the model's own, then the blind twin's own (blind = same recipe); a model entry's own keys (ENTRY_KEYS) are not
+    recipe keys."""
+    sighted = model.removesuffix("_blind")
+    layers = [config[family(model)]]
+    base = model_entry(sighted).get("base")
+    if base and base != sighted:
+        layers.append(model_entry(base))
+    layers.append(model_entry(sighted))
+    if model != sighted:
+        layers.append(model_entry(model))
+    merged = {}
+    for layer in layers:
+        merged = deep_merge(merged, {k: v for k, v in layer.items() if k not in ENTRY_KEYS or k == "seeds"})
     return merged
 
 
@@ -282,9 +355,20 @@ def torchvision_weights_name(weights):
     return weights.isupper() and weights.replace("_", "").isalnum() and not Path(weights).exists()
 
 
+def timm_weights_url(source):
+    """Where a backbone's weights: hub come from (features.backbones.<name>.weights_url, else the tag's file on the
+    Hugging Face hub, the file timm itself would fetch)."""
+    entry = BACKBONES[source]
+    return entry["weights_url"] or f"https://huggingface.co/timm/{entry['model']}/resolve/main/model.safetensors"
+
+
 def weights_path(kind):
     """`weights: pretrain` means the trunk trained by rule pretrain_backbone; where public files are fetched (FETCH)
-    a torchvision name means the file rule torchvision_weights fetched; anything else is passed on."""
+    a torchvision name means the file rule torchvision_weights fetched; a backbone's hub, the file rule timm_weights
+    fetches (or one placed there); anything else is passed on."""
+    if kind in BACKBONES:
+        weights = BACKBONES[kind]["weights"]
+        return f"{WEIGHTS_ROOT}/timm/{BACKBONES[kind]['model']}.safetensors" if weights == "hub" else weights
     weights = config["features"][kind]["weights"]
     if FETCH and torchvision_weights_name(weights):
         return f"{WEIGHTS_ROOT}/{config['features'][kind]['backbone']}-{weights}.pth"
@@ -305,7 +389,10 @@ MANIFEST = f"{RUN}/text/images.json"
 
 
 def fetched_weights(kind):
-    """The weights file of this kind that a rule produces (pretrain, download), or None."""
+    """The weights file of this kind that a rule produces (pretrain, download), or None; a backbone's hub file (an
+    input even without downloads: placed by hand, it is checked while planning)."""
+    if kind in BACKBONES:
+        return weights_path(kind) if BACKBONES[kind]["weights"] == "hub" else None
     weights = config["features"][kind]["weights"]
     if weights == "pretrain" or (FETCH and torchvision_weights_name(weights)):
         return weights_path(kind)
@@ -344,7 +431,10 @@ def extract_inputs(image_set=None):
 def extract_args(kind, image_set):
     """`python -m features job extract` arguments: the spec (features and features.<kind>, weights resolved), the
     image set's folder and boxes."""
-    spec = ExtractSpec.json_from_config(config, kind, weights_path(kind))
+    if kind in BACKBONES:
+        spec = ExtractSpec.json_from_config(config, "timm", weights_path(kind), backbone=kind)
+    else:
+        spec = ExtractSpec.json_from_config(config, kind, weights_path(kind))
     args = f"--spec {shlex.quote(spec)} --image-root {IMAGE_SETS[image_set]['image_root']}"
     if kind == "regions" and config["features"]["regions"]["boxes"] == "given":
         args += f" --boxes {IMAGE_SETS[image_set]['boxes']}"
@@ -353,6 +443,8 @@ def extract_args(kind, image_set):
 
 def extract_code(kind):
     """The extraction loop and the one extractor module this kind runs (not the other kinds')."""
+    if kind in BACKBONES:
+        return code("features.extract", extractor_module("timm"))
     return code(
         "features.extract",
         extractor_module(kind, config["features"]["regions"]["boxes"]),
@@ -365,11 +457,11 @@ def shard_path(kind, shard):
 
 def train_inputs(wildcards):
     inputs = {
-        "features": store_path(features_kind(wildcards.model)),
+        "features": store_path(features_source(wildcards.model)),
         "captions": f"{RUN}/text/captions.json",
         "vocab": f"{RUN}/text/vocab.json",
     }
-    parent = model_name(wildcards.model).init_from
+    parent = parent_of(wildcards.model)
     if parent:
         if int(wildcards.seed) not in seeds_of(parent):
             raise ValueError(
@@ -384,7 +476,7 @@ def attention_inputs(wildcards):
     images = IMAGE_SETS[SPLIT_IMAGE_SET[SPLIT]]
     return {
         "checkpoint": f"{RUN}/models/{wildcards.model}/seed{wildcards.seed}/checkpoint.pt",
-        "features": store_path("grid"),
+        "features": store_path(features_source(wildcards.model)),
         "captions": images["captions"],
         "images": images["images"],
     }
@@ -403,7 +495,7 @@ def models_and_parents(models):
     for model in models:
         while model:
             needed.add(model)
-            model = model_name(model).init_from
+            model = parent_of(model)
     return sorted(needed)
 
 
@@ -411,19 +503,20 @@ BUILDABLE_MODELS = models_and_parents(MODELS)
 # released weights are imported (workflow/rules/releases.smk), the others trained
 RELEASED_MODELS = [m for m in MODELS if is_released(m)]
 TRAINED_MODELS = [m for m in BUILDABLE_MODELS if not is_released(m)]
-TRAINED_KINDS = {features_kind(m) for m in TRAINED_MODELS}  # the stores a training reads: the whole dataset's
+# the feature sources a training reads: the whole dataset's stores
+TRAINED_SOURCES = {features_source(m) for m in TRAINED_MODELS}
 SCORED_SPLITS = [SPLIT, *EXTRA_SPLITS]
 
 
-def scored_part_used(kind):
-    """Whether the dataset's val/test images are decoded from the scored part of a kind's features
-    (features/scored_<kind>): when nothing trained reads that kind (only those images are extracted), or when an
+def scored_part_used(source):
+    """Whether the dataset's val/test images are decoded from the scored part of a source's features
+    (features/scored_<source>): when nothing trained reads that source (only those images are extracted), or when an
     earlier evaluation-only run made that part (the full store is then completed from it: rule complete_features)."""
-    return kind not in TRAINED_KINDS or Path(store_path(kind, "scored")).exists()
+    return source not in TRAINED_SOURCES or Path(store_path(source, "scored")).exists()
 
 
-# the kinds whose full store joins the scored part made earlier with the rest of the images (rule complete_features)
-COMPLETED_KINDS = [kind for kind in sorted(TRAINED_KINDS) if scored_part_used(kind)]
+# the sources whose full store joins the scored part made earlier with the rest of the images (rule complete_features)
+COMPLETED_KINDS = [source for source in sorted(TRAINED_SOURCES) if scored_part_used(source)]
 
 
 RELEASE_IDS = sorted({model_name(m).release for m in RELEASED_MODELS})
@@ -476,6 +569,41 @@ def released_tables_arg():
     return f" --released {shlex.quote(compact_json(released))}"
 
 
+def describe_source(source):
+    """A feature source in words: a backbone's timm model and input size."""
+    if source not in BACKBONES:
+        return source
+    entry = BACKBONES[source]
+    size = f", {entry['image_size']} px" if entry["image_size"] else ""
+    return f"{source} ({entry['model']}{size})"
+
+
+def experiment_label(model):
+    """What a named experiment (or a model on other features than its family's) is: its recipe, features and the
+    keys it sets; None for a plain registered model."""
+    sighted = model.removesuffix("_blind")
+    entry = model_entry(sighted)
+    source = features_source(model)
+    if "base" not in entry and source == features_kind(model):
+        return None
+    parts = [f"{recipe_of(model)} recipe"] if "base" in entry else []
+    parts.append(f"features {describe_source(source)}")
+    if "init_from" in entry:
+        parts.append(f"from {parent_of(model)}")
+    overrides = {k: v for k, v in entry.items() if k not in ENTRY_KEYS}
+    parts += [f"{key}: {compact_json(value)}" for key, value in sorted(overrides.items())]
+    return "; ".join(parts)
+
+
+def experiment_tables_arg():
+    """The tables job's --labels (named experiments' rows) and --feature-comparison (runs on backbone grids)."""
+    labels = {m: experiment_label(m) for m in MODELS if not is_released(m) and experiment_label(m)}
+    arg = f" --labels {shlex.quote(compact_json(labels))}" if labels else ""
+    if any(features_source(m) in BACKBONES for m in TRAINED_MODELS):
+        arg += " --feature-comparison"
+    return arg
+
+
 def release_pairs(models):
     """Paired tests between the rows of one release (the same weights on different features)."""
     pairs, by_release = [], {}
@@ -487,9 +615,17 @@ def release_pairs(models):
     return pairs
 
 
+def experiment_pairs(models):
+    """Paired tests between a named experiment and the model it varies (M² on CLIP grids against M² on regions), and
+    a named second stage against its start (m2_scst_clip against m2_xe_clip)."""
+    pairs = [(m, model_entry(m)["base"]) for m in models if model_entry(m).get("base") in models]
+    starts = [(m, parent_of(m)) for m in models if "base" in model_entry(m) and not is_released(m)]
+    return pairs + [(m, parent) for m, parent in starts if parent in models and (m, parent) not in pairs]
+
+
 # paired tests (evaluate.significance.pairs, or the default pairs among the configured models)
 SIGNIFICANCE_PAIRS = [tuple(p) for p in config["evaluate"]["significance"]["pairs"]] or (
-    default_pairs(MODELS) + release_pairs(MODELS)
+    default_pairs(MODELS) + experiment_pairs(MODELS) + release_pairs(MODELS)
 )
 SIGNIFICANCE = [f"{RUN}/tables/significance.md", f"{RUN}/tables/significance.json"] if SIGNIFICANCE_PAIRS else []
 
@@ -579,10 +715,10 @@ def decode_features(wildcards):
     model, image_set = wildcards.model, SPLIT_IMAGE_SET[wildcards.split]
     if reads_release_features(model):
         return release_store(model_name(model).release)
-    kind = features_kind(model)
-    if image_set == "dataset" and scored_part_used(kind):
+    source = features_source(model)
+    if image_set == "dataset" and scored_part_used(source):
         image_set = "scored"
-    return store_path(kind, image_set)
+    return store_path(source, image_set)
 
 
 def decode_captions(wildcards):
@@ -654,3 +790,39 @@ for model in RELEASED_MODELS:  # what a released-weights model cannot do, said w
                 f"{facts.features_dataset} images only, so this model cannot be decoded on nocaps or evaluate.sets; "
                 "score those with features: extracted (a second model entry) or switch them off"
             )
+
+
+for model in TRAINED_MODELS:  # what a model reads and starts from, checked while planning
+    source = features_source(model)
+    if source not in FEATURE_SOURCES:
+        raise ValueError(
+            f"models.{model}.features: {source!r} is neither grid, regions nor a name under features.backbones "
+            f"({', '.join(BACKBONES) or 'none defined'})"
+        )
+    readable = model_name(model).spec.readable_stores
+    if source_kind(source) not in readable:
+        hint = ": grid or a features.backbones name" if readable == ("grid",) else ""
+        raise ValueError(
+            f"models.{model}.features: {source} is a {source_kind(source)} store; {family(model)} reads "
+            f"{' or '.join(readable)} stores{hint}"
+        )
+    parent = parent_of(model)
+    if parent:
+        expected = ModelName.parse(recipe_of(model)).init_from
+        if recipe_of(parent) != expected:
+            raise ValueError(
+                f"models.{model}.init_from: {parent} trains {recipe_of(parent)}'s recipe; {model} "
+                f"({recipe_of(model)}) starts from a model of {expected}'s"
+            )
+        if features_source(parent) != source:
+            raise ValueError(
+                f"models.{model} reads {source} but starts from {parent}, which reads {features_source(parent)}; set "
+                f"models.{model}.init_from to a model of {expected} on {source} (e.g. {expected}_{source}: "
+                f"{{base: {expected}, features: {source}}})"
+            )
+for section in ("sat", "m2"):
+    misplaced = sorted(set(config[section]) & (set(ENTRY_KEYS) - {"seeds"}))
+    if misplaced:
+        raise ValueError(
+            f"{section}.{misplaced[0]}: a key of one model, not of the recipe: set models.<name>.{misplaced[0]}"
+        )

@@ -117,11 +117,13 @@ rule tables:
         spec=spec_json(TablesSpec, config),
         title=f"Results: {config['run']}",
         released=released_tables_arg(),
+        experiments=experiment_tables_arg(),
         code=code("captioner.evaluation.tables"),
     shell:
         "python -m captioner job tables --spec {params.spec:q} --scores {input.scores}"
         " --predictions {input.predictions} --captions {input.captions} --out-csv {output.csv}"
-        " --out-md {output.md} --out-samples {output.samples} --title {params.title:q}{params.released} 2> {log}"
+        " --out-md {output.md} --out-samples {output.samples} --title {params.title:q}{params.released}"
+        "{params.experiments} 2> {log}"
 
 
 rule significance:

@@ -1,15 +1,17 @@
-# Stage 1: grid features (Show-Attend-Tell) and region features (M²) into chunked stores.
+# Stage 1: grid features (Show-Attend-Tell), region features (M²) and the grids of named timm backbones
+# (features.backbones, read by either model) into chunked stores.
 # With features.shards = N > 1 each kind is extracted by N independent jobs (one GPU each, e.g. N SLURM
 # jobs at once) over disjoint slices of the images, then merged into the single store training reads.
 from features.config import PretrainSpec
 
 SHARDS = config["features"]["shards"]
-# the kinds whose full store is extracted in one go (or in shards); the others join an earlier scored part
-EXTRACTED_KINDS = "|".join(k for k in ("grid", "regions") if k not in COMPLETED_KINDS) or "(?!)"
+# the sources (kinds: grid, regions, features.backbones names) whose full store is extracted in one go (or in
+# shards); the others join an earlier scored part
+EXTRACTED_KINDS = "|".join(k for k in FEATURE_SOURCES if k not in COMPLETED_KINDS) or "(?!)"
 
 
 wildcard_constraints:
-    kind="grid|regions",
+    kind="|".join(FEATURE_SOURCES),
     shard=r"\d+",
 
 
@@ -104,7 +106,7 @@ use rule extract_features as extract_set_features with:
         f"{BENCHMARKS}/extract_features/{{image_set}}_{{kind}}.tsv"
     wildcard_constraints:
         image_set="|".join(["scored", *EVALUATION_ONLY_SETS]),
-        kind="grid|regions",
+        kind="|".join(FEATURE_SOURCES),
     priority: 0  # the training stores first
     params:
         args=lambda wc: extract_args(wc.kind, wc.image_set),

@@ -1,4 +1,5 @@
-# Stage 2: train every configured model on the cached features. m2_scst continues from m2_xe's best weights.
+# Stage 2: train every configured model on the cached features (its features source: models.<name>.features). m2_scst
+# continues from m2_xe's best weights (a named experiment: from its init_from).
 
 
 rule train:
@@ -32,10 +33,13 @@ rule train:
         init=lambda wc, input: f"--init {input.init}" if "init" in input.keys() else "",
         out_dir=parent_dir("checkpoint"),
         device=config["train"]["device"],
-        code=lambda wc: code("captioner.training.trainer", model_module(wc.model), objective_module(wc.model)),
+        code=lambda wc: code(
+            "captioner.training.trainer", model_module(wc.model), model_name(wc.model).objective_module
+        ),
+        recipe=lambda wc: f" --recipe {recipe_of(wc.model)}" if recipe_of(wc.model) != wc.model else "",
         launch=lambda wc: train_launcher(wc.model),
     shell:
-        "{params.launch} captioner job train --model {wildcards.model} --features {input.features}"
+        "{params.launch} captioner job train --model {wildcards.model}{params.recipe} --features {input.features}"
         " --captions {input.captions} --vocab {input.vocab} --hparams {params.hparams:q} {params.init}"
         " --out-dir {params.out_dir} --checkpoint {output.checkpoint} --metrics {output.metrics}"
         " --curve {output.curve} --threads {threads} --device {params.device}"

@@ -86,3 +86,10 @@ def code_hash(root: str | Path, *modules: str) -> str:
         digest.update(module.encode())
         digest.update(_parse(path, path.stat().st_mtime_ns)[0].encode())
     return digest.hexdigest()[:16]
+
+
+def code_fingerprint(root: str | Path, *modules: str) -> str:
+    """A rule's ``code`` parameter: each module it runs with the digest of its own code and everything it imports
+    (``captioner.evaluation.decode@ebdb3733 captioner.models.sat@12ab90ef``), so that Snakemake's rerun reason
+    ("Params have changed ... before: ... now: ...") shows which of the job's modules changed."""
+    return " ".join(f"{module}@{code_hash(root, module)[:8]}" for module in modules)

@@ -28,9 +28,12 @@ RSS_UNIT = 1 if sys.platform == "darwin" else 1024
 
 
 def measure() -> dict:
-    """This process's peak RSS, its largest waited-for child's, their CPU seconds, and its rank under torchrun."""
+    """This process's peak RSS, its largest waited-for child's, their CPU seconds, its rank under torchrun, and whether
+    it used a GPU (CUDA initialised)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {"rss_mb": round(own.ru_maxrss * RSS_UNIT / 2 ** 20, 1),
+    torch = sys.modules.get("torch")  # (never imported here: a command that did not import it used no GPU)
+    return {"cuda": bool(torch is not None and torch.cuda.is_initialized()),
+            "rss_mb": round(own.ru_maxrss * RSS_UNIT / 2 ** 20, 1),
             "children_rss_mb": round(children.ru_maxrss * RSS_UNIT / 2 ** 20, 1),
             "cpu_s": round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 2),
             "world_size": int(os.environ.get("WORLD_SIZE", "1")), "rank": int(os.environ.get("RANK", "0"))}
@@ -54,6 +57,12 @@ def parse(text: str) -> list[dict]:
             if isinstance(record, dict) and {"rss_mb", "children_rss_mb", "cpu_s"} <= record.keys():
                 records.append(record)
     return records
+
+
+def used_gpu(records: list[dict]) -> bool | None:
+    """Whether a job's commands used a GPU; None when no record says (older logs, jobs that record nothing)."""
+    known = [bool(r["cuda"]) for r in records if "cuda" in r]
+    return any(known) if known else None
 
 
 def job_usage(records: list[dict]) -> tuple[float, float] | None:

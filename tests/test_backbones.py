@@ -45,6 +45,7 @@ def backbone_config(workdir, weights_url: str) -> dict:
     return config
 
 
+@pytest.mark.slow
 def test_m2_and_sat_on_a_timm_grid_beside_m2_on_regions(tmp_path):
     server = Server()
     try:

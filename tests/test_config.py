@@ -168,7 +168,7 @@ def test_a_missing_required_key_fails_at_validation_naming_it(tmp_path, path):
     (workdir / "broken.yaml").write_text(yaml.safe_dump(broken))
     result = snakemake(workdir, "-n", configfile="broken.yaml", check=False)
     assert result.returncode != 0
-    assert f"'{path[-1]}' is a required property" in result.stdout + result.stderr
+    assert f"'{path[-1]}' is required" in result.stdout + result.stderr
 
 
 def restated_defaults(config: dict, node: dict, path: tuple = ()) -> list[str]:

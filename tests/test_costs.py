@@ -162,3 +162,29 @@ def test_every_cli_command_logs_its_usage_line_when_the_workflow_asks(tmp_path):
     assert ok.returncode == 1 and ok.stderr.startswith("error:")  # a failed command reports too
     (record,) = usage.parse(ok.stderr)
     assert record["rss_mb"] > 10 and record["world_size"] == 1
+
+
+def test_gpu_hours_count_only_jobs_that_ran_on_a_gpu(benchmarks, tmp_path):
+    """A GPU rule's job that ran on the CPU (the demo, a laptop: its usage line says CUDA was never initialised)
+    held no GPU; one that used CUDA, and one whose log says nothing, are counted as before."""
+    import json
+
+    logs = tmp_path / "logs"
+    (logs / "train").mkdir(parents=True)
+    (logs / "extract_features").mkdir(parents=True)
+    line = {"rss_mb": 900.0, "children_rss_mb": 0.0, "cpu_s": 10.0}
+    (logs / "train/sat_soft.seed0.log").write_text("usage: " + json.dumps({**line, "cuda": False}) + "\n")
+    (logs / "train/m2_xe.seed0.log").write_text("usage: " + json.dumps({**line, "cuda": True}) + "\n")
+    jobs = {(job.rule, job.name): job for job in collect(benchmarks, None, GPUS, logs, [])}
+    assert jobs["train", "sat_soft.seed0"].gpu_hours == 0.0
+    assert jobs["train", "m2_xe.seed0"].gpu_hours == pytest.approx(0.5)
+    assert jobs["train", "sat_soft.seed1"].gpu_hours == pytest.approx(2.0)  # no log: its `gpu` resource
+    assert jobs["extract_features", "grid"].gpu_hours == pytest.approx(0.1)
+
+
+def test_a_command_says_whether_it_used_cuda():
+    from pipeline import usage
+
+    assert usage.measure()["cuda"] is False  # torch imported here, CUDA never initialised (no GPU in tests)
+    assert usage.used_gpu([{"cuda": False}, {"cuda": True}]) is True
+    assert usage.used_gpu([{"rss_mb": 1}]) is None

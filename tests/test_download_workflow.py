@@ -154,6 +154,11 @@ def test_the_coco_config_plans_every_download_before_the_jobs_that_read_it(tmp_p
     config["features"]["regions"]["weights"] = str(PROJECT / "README.md")  # any existing file
     config["evaluate"]["nocaps"] = {"source": "none"}
     (workdir / "own.yaml").write_text(yaml.safe_dump(config))
+    # the ImageNet weights the config names are a file to place (the same path the download rule writes)
+    absent = snakemake(workdir, "-n", configfile="own.yaml", check=False)
+    assert absent.returncode != 0 and "data/weights/resnet101-IMAGENET1K_V1.pth" in absent.stdout + absent.stderr
+    (workdir / "data/weights").mkdir(parents=True, exist_ok=True)
+    (workdir / "data/weights/resnet101-IMAGENET1K_V1.pth").write_bytes(b"a copy")
     result = snakemake(workdir, "-n", configfile="own.yaml")
     output = result.stdout + result.stderr
     assert "extract_features" in output

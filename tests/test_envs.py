@@ -56,6 +56,8 @@ def rules() -> dict[str, tuple[str, set[str]]]:
             modules = {cli_module(package, command) for package, command in commands}
             if "{params.launch}" in block:
                 modules.add("captioner.training.launch")
+            if "pipeline.gpu_slots" in block:  # the GPU jobs start through the slot allocator
+                modules.add("pipeline.gpu_slots")
             if "model_module(" in block:  # the registry imports these by name: every family's
                 modules |= {FAMILIES[f].module for f in FAMILIES}
             if "objective_module" in block:

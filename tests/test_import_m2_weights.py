@@ -103,3 +103,48 @@ def test_vocab_unpickler_refuses_foreign_classes(tmp_path):
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps(Evil()))
     with pytest.raises(pickle.UnpicklingError, match="builtins.print"):
         load_reference_vocab(tmp_path / "evil.pkl")
+
+
+def test_imported_weights_record_the_bottom_up_extractor_and_caption_asks_for_its_weights(tmp_path):
+    """The released weights were trained on bottom-up regions: the import records that extractor (MILVLG's rule, 50
+    regions), so `caption` knows what to run on a new photo and asks only for the detector's weights file."""
+    import json
+    import subprocess
+
+    from features.config import recorded_extractor
+    from tests.workflow_helpers import PROJECT
+
+    our_itos = ["<pad>", "<bos>", "<eos>", "<unk>"] + WORDS
+    config = M2Config(vocab_size=len(our_itos), feature_dim=2048, d_model=16, heads=8, d_ff=32, memory_slots=4,
+                      reference_compat=True)
+    torch.manual_seed(0)
+    model = MeshedMemoryTransformer(config)
+    torch.save({"state_dict": reference_layout(model, our_itos, list(REFERENCE_SPECIALS) + WORDS), "epoch": 3},
+               tmp_path / "m2.pth")
+    pickle_reference_vocab(tmp_path / "vocab.pkl", list(REFERENCE_SPECIALS) + WORDS)
+    import_checkpoint(tmp_path / "m2.pth", tmp_path / "vocab.pkl", tmp_path / "ours.pt")
+    recorded = torch.load(tmp_path / "ours.pt", weights_only=False)["features"]["extractor"]
+    extractor = recorded_extractor(recorded)
+    assert (extractor.kind, extractor.boxes, extractor.backbone, extractor.max_boxes, extractor.min_boxes,
+            extractor.min_size, extractor.max_size) == ("regions", "detector", "resnet101", 50, 10, 600, 1000)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"\xff\xd8")  # never read: the missing weights are named first
+    result = subprocess.run([sys.executable, "-m", "captioner", "caption", "--model", str(tmp_path / "ours.pt"),
+                             str(photo)], cwd=PROJECT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'ours.pt'} reads bottom-up detector regions and records no detector weights (imported "
+        "weights): pass --detector-weights, e.g. MILVLG's bua-caffe-frcn-r101-k10-100.pth")
+    assert json.dumps(recorded)  # (the record is plain JSON data)
+
+
+def test_caption_arguments_are_checked_before_any_model_loads(tmp_path):
+    import subprocess
+
+    from tests.workflow_helpers import PROJECT
+
+    result = subprocess.run([sys.executable, "-m", "captioner", "caption", "--model", str(tmp_path / "missing.pt"),
+                             str(tmp_path), "--beam-size", "-1"], cwd=PROJECT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: --beam-size and --max-length must be at least 1 (got -1 and 20)"]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.workflow_helpers import (
@@ -58,7 +60,8 @@ def test_full_run_writes_a_row_per_model(finished_run):
     stages = ("prepare_text", "extract_features grid", "extract_features regions", "train", "decode", "score")
     assert {("stage", stage) for stage in stages} | {("model", model) for model in MODELS} <= set(costs)
     assert int(costs["stage", "train"]["jobs"]) == len(MODELS) and int(costs["stage", "decode"]["jobs"]) == len(MODELS)
-    assert float(costs["stage", "train"]["gpu_hours"]) > 0 and float(costs["stage", "score"]["gpu_hours"]) == 0
+    # GPU jobs that ran on this CPU (CUDA never initialised, their usage lines say) held no GPU-hours
+    assert float(costs["stage", "train"]["gpu_hours"]) == 0 and float(costs["stage", "score"]["gpu_hours"]) == 0
     assert float(costs["model", "sat_soft"]["wall_s"]) > float(costs["stage", "prepare_text"]["wall_s"])
     # each job's own peak (its usage line), even for jobs of seconds that Snakemake's sampling saw as their 3 MB
     # shell: at least a Python interpreter; torch's import alone is hundreds of MB; the scorer's Java more
@@ -80,7 +83,17 @@ def test_full_run_writes_a_row_per_model(finished_run):
     assert checked >= 6 and "METEOR (mean of per-image scores)" in significance
     with open(finished_run / RUN / "models/m2_scst/seed0/metrics.csv") as handle:  # the SCST curve's reward
         scst = [row for row in csv.DictReader(handle) if row["stage"] == "scst"]
-    assert scst and all(0 <= float(row["train_reward"]) <= 10 for row in scst)  # CIDEr-D, 0-10 scale
+    assert scst and all(0 <= float(row["train_reward"]) <= 1000 for row in scst)  # CIDEr-D, the tables' 0-100 scale
+    # one CIDEr-D scale everywhere: the record shows the checkpoint's best (kept as the scorer computes it) x100
+    best = torch.load(finished_run / RUN / "models/sat_soft/seed0/checkpoint.pt", weights_only=False)["best"]
+    with open(finished_run / RUN / "models/sat_soft/seed0/metrics.csv") as handle:
+        shown = {int(row["epoch"]): float(row["val_cider"]) for row in csv.DictReader(handle)}
+    assert shown[best["epoch"]] == pytest.approx(100 * best["val_cider"])
+    log = (finished_run / RUN / "models/sat_soft/seed0/history.log").read_text()
+    assert f"val CIDEr-D {100 * best['val_cider']:.1f} " in log
+    # an SCST row's epochs: its XE start's, then its own
+    assert re.fullmatch(r"\d+\+\d+", scores["m2_scst"]["epoch"]) and "+" not in scores["m2_xe"]["epoch"]
+    assert "epoch `a+b`" in markdown
 
 
 def test_second_run_does_nothing(run_copy):
@@ -103,6 +116,13 @@ def test_training_parameter_change_reruns_only_that_model(run_copy):
     snakemake(run_copy)
     assert {path: path.stat().st_mtime_ns for path in untouched} == before
     assert retrained.stat().st_mtime_ns != retrained_before
+
+
+def test_a_sighted_models_recipe_change_retrains_its_blind_twin_too(run_copy):
+    """As the README's rerun table says: sat_soft_blind takes sat_soft's recipe, so it retrains with it."""
+    edit_config(run_copy, lambda c: c["models"].__setitem__("sat_soft", {"lr": 0.002}))
+    assert planned_jobs(run_copy) == Counter(train=2, attention_maps=1, decode=2, score=2, tables=1,
+                                             significance=1, costs=1, all=1)
 
 
 def test_a_second_seed_adds_only_its_own_jobs_and_removing_it_reruns_only_the_tables(run_copy):
@@ -192,6 +212,19 @@ def test_a_code_edit_reruns_exactly_the_jobs_that_run_it(run_copy, edit):
     assert planned_jobs(run_copy) == expected
 
 
+def test_a_code_edits_rerun_reason_names_the_module(run_copy):
+    """Snakemake prints the params that changed: the fingerprint names each module a job runs with its digest, so the
+    reason says which one (the decode jobs' reason names the model file edited, not the decoder)."""
+    module = run_copy / "captioner/models/sat.py"
+    module.write_text(module.read_text() + "\n\ndef _rerun_probe():\n    return 1\n")
+    result = snakemake(run_copy, "-n", "--", f"{RUN}/eval/sat_soft/seed0/predictions_test.json")
+    reasons = [line for line in result.stdout.splitlines() if "Params have changed" in line]
+    assert reasons  # the training's (the decoding's reason is its new input)
+    for line in reasons:
+        before, now = (set(line.split(f"{when}: ", 1)[1].split("'")[1].split()) for when in ("before", "now"))
+        assert {token.split("@")[0] for token in before ^ now} == {"captioner.models.sat"}, line
+
+
 def test_comments_docstrings_and_formatting_rerun_nothing(run_copy):
     for path in ("captioner/__init__.py", "captioner/models/m2.py", "features/extract.py", "pipeline/errors.py"):
         module = run_copy / path
@@ -254,6 +287,16 @@ def test_karpathy_source_dag(tmp_path):
     assert "demo_data" not in planned
     assert planned["prepare_text"] == 1 and planned["extract_features"] == 2
     assert planned["train"] == len(MODELS)
+    # offline (download: false), a torchvision weights name is a file to place, named while planning: nothing
+    # reaches for the network when the job runs
+    config["features"]["grid"]["weights"] = "IMAGENET1K_V1"
+    (workdir / "offline.yaml").write_text(yaml.safe_dump(config))
+    missing = snakemake(workdir, "-n", configfile="offline.yaml", check=False)
+    assert missing.returncode != 0 and "data/weights/resnet18-IMAGENET1K_V1.pth" in missing.stdout + missing.stderr
+    (workdir / "data/weights").mkdir(parents=True)
+    (workdir / "data/weights/resnet18-IMAGENET1K_V1.pth").write_bytes(b"placed by hand")
+    plan = snakemake(workdir, "-n", "-p", configfile="offline.yaml").stdout
+    assert '"weights":"data/weights/resnet18-IMAGENET1K_V1.pth"' in plan
 
 
 def test_lint_passes():
@@ -319,6 +362,14 @@ def test_caption_cli_on_a_demo_image(finished_run, tmp_path):
             for path, together in zip(images, captions):
                 alone = caption(model, [path], {path.name: by_name[path.name]})
                 assert alone[0]["logprob"] == pytest.approx(together["logprob"], abs=1e-4)
+
+    # the demo's own boxes.json, keyed by image id (the number ending each file name), serves as it is
+    (tmp_path / "by_id.json").write_text(json.dumps(boxes))
+    by_id = subprocess.run([sys.executable, "-m", "captioner", "caption", "--model",
+                            str(finished_run / RUN / "models/m2_xe/seed0/checkpoint.pt"), str(images[0]),
+                            "--beam-size", "2", "--boxes", str(tmp_path / "by_id.json")],
+                           capture_output=True, text=True, env=environment(), cwd=finished_run)
+    assert by_id.returncode == 0, by_id.stderr
 
     # bad images: every one named (fail, the default, after captioning the rest) or listed with its reason (skip)
     from PIL import Image

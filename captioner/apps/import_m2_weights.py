@@ -26,7 +26,12 @@ import torch
 from captioner.data.vocab import SPECIALS
 from captioner.models.checkpoint import CHECKPOINT_FORMAT, save_torch
 from captioner.models.m2 import M2Config, MeshedMemoryTransformer
+from features.config import ExtractorConfig
 from pipeline.errors import InputError
+
+# the extractor of the features the released weights were trained on: the bottom-up detector with MILVLG's rule (the
+# schema's defaults: R101, 600/1000 px, 10-100 boxes), of which M² reads the 50 most confident; no weights recorded
+BOTTOM_UP = ExtractorConfig(kind="regions", boxes="detector", backbone="resnet101", weights="", max_boxes=50)
 
 REFERENCE_SPECIALS = ("<unk>", "<pad>", "<bos>", "<eos>")
 
@@ -169,7 +174,9 @@ def import_checkpoint(checkpoint_path: str | Path, vocab_path: str | Path, out: 
         "model_config": asdict(config), "state_dict": model.state_dict(), "vocab": our_itos,
         # the reference feeds raw bottom-up features: identity standardisation
         "feature_norm": {"mean": torch.zeros(config.feature_dim), "std": torch.ones(config.feature_dim)},
-        "features": {"kind": "regions", "extractor": None, "weights": None,
+        # what made the authors' features: the bottom-up detector (R101, 10-100 boxes, M² reads 50), so that
+        # `caption --detector-weights` can caption new photos with it; the weights file is the user's
+        "features": {"kind": "regions", "extractor": asdict(BOTTOM_UP), "weights": None,
                      "note": "bottom-up-attention features as in coco_detections.hdf5"},
         "hparams": {"collapse_repeats": True, "imported_from": str(checkpoint_path)},
         "epoch": epoch, "step": 0, "best": {}, "history": [],

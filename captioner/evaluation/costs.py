@@ -88,15 +88,17 @@ def log_of(relative: Path, logs: Path | None, download_logs: list[Path]) -> Path
     return next((path for path in candidates if path.is_file()), None)
 
 
-def own_figures(wall: float, cpu: float, rss: float | None, log: Path | None) -> tuple[float, float | None]:
-    """(CPU s, peak RSS MB) of a job: its commands' own records where its log has them (the peak never below what
-    Snakemake sampled), else the benchmark's, whose RSS counts only when the job ran long enough to be sampled."""
+def own_figures(wall: float, cpu: float, rss: float | None, log: Path | None) -> tuple[float, float | None, bool]:
+    """(CPU s, peak RSS MB, used a GPU) of a job: its commands' own records where its log has them (the peak never
+    below what Snakemake sampled), else the benchmark's, whose RSS counts only when the job ran long enough to be
+    sampled. A job is taken to have used its GPUs unless its records say it ran without one."""
     records = usage.parse(log.read_text(errors="replace")) if log is not None else []
     measured = usage.job_usage(records)
+    gpu = usage.used_gpu(records) is not False
     if measured is not None:
         peak, own_cpu = measured
-        return own_cpu, max(peak, rss or 0.0)
-    return cpu, rss if wall >= SAMPLED_SECONDS else None
+        return own_cpu, max(peak, rss or 0.0), gpu
+    return cpu, rss if wall >= SAMPLED_SECONDS else None, gpu
 
 
 def collect(root: Path, models: set[str] | None, gpus: dict, logs: Path | None = None,
@@ -108,11 +110,11 @@ def collect(root: Path, models: set[str] | None, gpus: dict, logs: Path | None =
         rule, name = (relative.parts[0], str(Path(*relative.parts[1:]).with_suffix(""))) if len(relative.parts) > 1 \
             else (path.stem, "")
         wall, cpu, rss = read_benchmark(path)
-        cpu, rss = own_figures(wall, cpu, rss, log_of(relative, logs, download_logs or []))
+        cpu, rss, used_gpu = own_figures(wall, cpu, rss, log_of(relative, logs, download_logs or []))
         job = Job(rule, name, wall, cpu, rss, 0)
         if models is not None and job.model is not None and job.model not in models:
             continue
-        job.gpus = gpus_of(rule, job.model, gpus)
+        job.gpus = gpus_of(rule, job.model, gpus) if used_gpu else 0  # a GPU job run on the CPU held none
         jobs.append(job)
     return jobs
 
@@ -170,8 +172,8 @@ def to_markdown(tables: dict, title: str) -> str:
             "what Snakemake sampled; a row's peak is its largest job's. Where a log has no such line, Snakemake's "
             f"samples are shown for jobs of {SAMPLED_SECONDS:.0f} s or more and \"{NOT_SAMPLED}\" for shorter ones "
             "(it samples every 0.5 s, then every 30 s, and may see only the job's shell). GPU-h: "
-            "wall time x the GPUs a job holds (its `gpu` resource), as a cluster charges it; on a run without a GPU "
-            "the same jobs ran on the CPU. A job rerun keeps its last run's figures only (a training run resumed "
+            "wall time x the GPUs a job holds (its `gpu` resource), as a cluster charges it, for the jobs that ran "
+            "on a GPU (their `usage:` line says whether CUDA was used; a run without a GPU shows 0). A job rerun keeps its last run's figures only (a training run resumed "
             "over several SLURM jobs: the last one).\n")
 
 

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from captioner.data.vocab import load_captions
 from captioner.evaluation.specs import DecodeSpec
 from captioner.models.beam_search import beam_search, collapse_repeats
-from captioner.models.checkpoint import load_for_inference
+from captioner.models.checkpoint import epochs_label, load_for_inference
 from captioner.models.decoding import decode_batches
 from features.store.reader import FeatureStore
 from pipeline.atomic import write_json
@@ -63,7 +63,8 @@ def run(args) -> None:
             progress.update(len(batch_ids))
     write_json(args.out, predictions)
     if args.beams_out:
-        write_json(args.beams_out, {"model": bundle.name, "epoch": bundle.epoch, "beam_size": spec.beam_size,
+        write_json(args.beams_out, {"model": bundle.name, "epoch": epochs_label(bundle.checkpoint),
+                                    "beam_size": spec.beam_size,
                                     "max_length": spec.max_length, "split": args.split, "images": beams})
     print(f"decoded {len(predictions)} {args.split} images with {bundle.name} (beam {spec.beam_size}) -> {args.out}",
           file=sys.stderr)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from captioner.evaluation.specs import SignificanceSpec
 from captioner.evaluation.statistics import paired_test, per_image_arrays
-from captioner.evaluation.tables import COLUMNS, runs_by_model
+from captioner.evaluation.tables import COLUMNS, model_of, runs_by_model, seed_of
 from pipeline.atomic import write_json, write_text
 from pipeline.errors import InputError
 from pipeline.spec import add_spec_argument, spec_from_args
@@ -98,7 +99,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-md", required=True)
     parser.add_argument("--out-json", required=True)
 
+def run_folder(path: str | Path) -> Path | None:
+    """The run a score file belongs to (results/<run>/ of .../eval/<model>/seed<k>/scores_*.json), or None for a
+    file outside that layout."""
+    path = Path(path).resolve()
+    return path.parents[3] if seed_of(path) and path.parents[2].name == "eval" else None
+
+
+def check_one_run_per_model(score_files: list) -> None:
+    """Two runs' score files of one model name are two different models: refused, not pooled as seeds of one."""
+    folders: dict[str, set] = {}
+    for path in score_files:
+        folders.setdefault(model_of(path), set()).add(run_folder(path))
+    for model, found in folders.items():
+        if len(found) > 1:
+            runs = ", ".join(sorted(str(f) for f in found))
+            raise InputError(f"{model}: score files from {len(found)} runs ({runs}) would be pooled as seeds of one "
+                             "model; compare two variants within one run instead (models.<name>: {base: ...})")
+
+
 def run(args) -> None:
+    check_one_run_per_model(args.scores)
     by_model = {model: [scores for _, scores in runs] for model, runs in runs_by_model(args.scores).items()}
     spec = spec_from_args(SignificanceSpec, args)
     pairs = [tuple(pair) for pair in spec.pairs] or default_pairs(list(by_model))

@@ -203,6 +203,9 @@ def to_markdown(rows: list[dict], title: str = "", confidence: float | None = No
     lines += ["", f"Scores on the {split} split ({rows[0]['images'] if rows else 0} images), 0–100 scale, "
               "pycocoevalcap (PTB-tokenised; CIDEr-D with document frequencies of the scored references). "
               "`*_blind` rows: the same model trained and decoded with the image features zeroed."]
+    if any("+" in str(row.get("epoch", "")) for row in rows):
+        lines.append("epoch `a+b`: the best epoch of the model it started from (M²'s cross-entropy stage) + its own "
+                     "(SCST).")
     if any(key.endswith(" std") for row in rows for key in row):
         lines.append("± : the standard deviation over training seeds (a row's score is the mean over its seeds, listed "
                      "in scores.csv); its interval then resamples seeds and images together.")
@@ -226,6 +229,10 @@ def samples_markdown(prediction_files: list[str | Path], captions: dict, split: 
         with open(path, encoding="utf-8") as handle:
             by_model[model_of(path)] = {int(p["image_id"]): p["caption"] for p in json.load(handle)}
     lines = [f"# Sample captions ({split} split)", ""]
+    if any(model.endswith("_blind") for model in by_model):
+        lines += ["`*_blind` models were trained and decoded with the image features zeroed: they see no image, so they "
+                  "write one caption for every image (the most likely caption of the training set's language alone); "
+                  "a sighted model's lead over its blind twin is what it takes from the image.", ""]
     for image in captions["splits"][split][:count]:
         image_id = int(image["image_id"])
         lines += [f"## image {image_id} (`{image['path']}`)", "", f"- *reference*: {image['refs'][0]}"]

@@ -59,6 +59,13 @@ class InferenceBundle:
     checkpoint: dict
 
 
+def epochs_label(checkpoint: dict) -> int | str:
+    """The epochs behind a checkpoint's weights: its own, after those of the checkpoint it started from
+    (``13+20``: an SCST run of 20 epochs from an XE model of 13)."""
+    started = checkpoint.get("started_from")
+    return f"{started['epochs']}+{checkpoint['epoch']}" if started else checkpoint["epoch"]
+
+
 def feature_norm_of(checkpoint: dict) -> FeatureNorm:
     return FeatureNorm(checkpoint["feature_norm"]["mean"], checkpoint["feature_norm"]["std"])
 

@@ -10,7 +10,7 @@ import torch
 
 from captioner.data.model_inputs import FeatureNorm, ModelInputs, TrainData, compute_feature_norm
 from captioner.data.vocab import Vocabulary, load_captions
-from captioner.models.checkpoint import build_model, feature_norm_of, load_checkpoint
+from captioner.models.checkpoint import build_model, epochs_label, feature_norm_of, load_checkpoint
 from captioner.models.registry import ModelName
 from features.store.reader import FeatureStore
 from pipeline.errors import PipelineError
@@ -30,6 +30,7 @@ class Components:
     model: torch.nn.Module
     model_config: object  # the family's config dataclass
     data: TrainData
+    started_from: dict | None  # {model, epochs}: the checkpoint it continues (SCST from XE), recorded for the tables
 
 
 def build(name: ModelName, hp: dict, features: str, captions: str, vocab: str, init: str | None,
@@ -68,4 +69,6 @@ def build(name: ModelName, hp: dict, features: str, captions: str, vocab: str, i
         model.load_state_dict(init_checkpoint["state_dict"])
     model.to(device)
     data = TrainData(train_images, store, ModelInputs(name.features, norm, name.blind, device), vocabulary)
-    return Components(vocabulary, train_images, val_images, store, norm, model, config, data)
+    started_from = None if init_checkpoint is None else {"model": init_checkpoint["name"],
+                                                         "epochs": epochs_label(init_checkpoint)}
+    return Components(vocabulary, train_images, val_images, store, norm, model, config, data, started_from)

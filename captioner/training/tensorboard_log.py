@@ -8,6 +8,7 @@ from __future__ import annotations
 import numbers
 
 from captioner.training.hooks import Hook
+from captioner.training.metrics import on_table_scale
 
 SUBDIR = "tensorboard"
 
@@ -44,7 +45,7 @@ class TensorBoardLog(Hook):
     def after_epoch(self, trainer, row: dict) -> None:
         if self.writer is None:
             return
-        for key, value in row.items():
+        for key, value in on_table_scale(row).items():
             if isinstance(value, numbers.Real) and key not in ("epoch", "step"):
                 self.writer.add_scalar(f"epoch/{key}", value, trainer.state.step)
         self.writer.flush()  # a live run shows each epoch as it ends

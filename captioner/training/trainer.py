@@ -42,7 +42,7 @@ from captioner.training.checkpointing import Checkpoints, file_stamp
 from captioner.training.early_stopping import EarlyStopping
 from captioner.training.ema import WeightAverage
 from captioner.training.hooks import Hook, Hooks
-from captioner.training.metrics import write_metrics
+from captioner.training.metrics import on_table_scale, write_metrics
 from captioner.training.objective import Objective
 from captioner.training.recipes import parse_recipe
 from captioner.training.preemption import (
@@ -106,6 +106,7 @@ class Trainer:
         parts = build(self.name, self.hp, features, captions, vocab, init, self.device)
         self.vocab, self.store, self.norm, self.data = parts.vocab, parts.store, parts.norm, parts.data
         self.model, self.model_config = parts.model, parts.model_config
+        self.started_from = parts.started_from
         self.objective: Objective = objective_class(self.model, self.data, self.hp).to(self.device)
         self.optimizer = self.objective.optimizer()
         self.validator = Validator(parts.val_images, self.vocab, self.recipe.val_max_length)
@@ -163,11 +164,12 @@ class Trainer:
             self.state.best = {"val_cider": val["val_cider"], "epoch": self.state.epoch}
         self._save(best=improved)
         self.hooks.after_epoch(self, row)
-        reward = f", mean reward {stats['train_reward']:.3f}" if "train_reward" in stats else ""
+        shown = on_table_scale({**stats, **val})  # CIDEr-D on the tables' 0-100 scale
+        reward = f", mean reward {shown['train_reward']:.1f}" if "train_reward" in stats else ""
         left = f"; at most ~{(epochs - self.state.epoch) * epoch_wall / 60:.1f} min more" \
             if self.state.epoch < epochs else ""
         self.log(f"{self.name.name} epoch {self.state.epoch}/{epochs}: loss {stats['train_loss']:.3f}{reward} val "
-                 f"CIDEr-D {val['val_cider']:.3f} ({stats['epoch_s']:.0f} s, loader "
+                 f"CIDEr-D {shown['val_cider']:.1f} ({stats['epoch_s']:.0f} s, loader "
                  f"{100 * stats['loader_share']:.0f}%{left}) e.g. {val['val_sample']!r}")
 
     def train_epoch(self) -> dict:
@@ -321,6 +323,8 @@ class Trainer:
             "hparams": self.hp, "input_stamps": self.input_stamps,
             **self.state.to_checkpoint(position if with_optimizer else None),
         }
+        if self.started_from:
+            checkpoint["started_from"] = self.started_from
         if with_optimizer:
             checkpoint["optimizer"] = self.optimizer.state_dict()
             # the objective's own buffers (a REINFORCE baseline), without the model's

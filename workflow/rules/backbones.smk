@@ -9,7 +9,7 @@ for source, entry in BACKBONES.items():
     if entry["weights"] == "hub" and (DOWNLOAD or entry["weights_url"]):
         url = timm_weights_url(source)
         if TIMM_DOWNLOADS.setdefault(entry["model"], url) != url:
-            raise ValueError(
+            raise PlanError(
                 f"features.backbones.{source}.weights_url: {entry['model']} is fetched from "
                 f"{TIMM_DOWNLOADS[entry['model']]} for another backbone entry; give both the same weights_url"
             )

@@ -10,9 +10,10 @@ from captioner.models.releases import FILES as RELEASE_FILES, ReleasedModel, rel
 from features.config import ExtractSpec, extractor_module, pretrain_mismatch
 from pipeline.errors import InputError
 from pipeline.spec import compact_json, to_json as spec_json
-from pipeline.provenance import code_hash
+from pipeline.provenance import code_fingerprint
 
 PROJECT_ROOT = Path(workflow.basedir)
+
 # (braces doubled: snakemake formats the prefix like a shell command)
 # CAPTIONER_USAGE: each command logs its peak memory and CPU time (pipeline/usage.py), which tables/costs.md reads.
 # A prefix replaces Snakemake's bash strict mode, so it is restated: without pipefail `download ... | tee log` ends 0
@@ -71,8 +72,9 @@ DATASET = DATASETS[DATASET_NAME]
 # What is public is fetched: with download: true everything; with download: false and no karpathy_json given,
 # everything but the images (your copy, image_root): Karpathy's JSON and the weights the config names
 FETCH = not DEMO and (DOWNLOAD or "karpathy_json" not in config["dataset"])
-# SHA-256 pins of downloads without a published checksum, beside the config file (config/coco.lock.json)
-CONFIG_FILE = Path((workflow.overwrite_configfiles or ["config/config.yaml"])[-1])
+# SHA-256 pins of downloads without a published checksum, beside the config file (config/coco.lock.json); a file that
+# extends others shares the pins of the first of its chain (an experiment on COCO: config/coco.lock.json)
+CONFIG_FILE = Path(EXTENDS_CHAIN[0] if EXTENDS_CHAIN else CONFIG_SOURCE)
 LOCK_FILE = str(CONFIG_FILE.with_name(f"{CONFIG_FILE.stem}.lock.json"))
 # dataset.lock_file, spelled as the default is (absolute where the config's path is): configs that share a lock file
 # then fetch with the same command, so switching between them refetches nothing
@@ -88,7 +90,7 @@ if DEMO:
 elif DOWNLOAD:
     given = [key for key in ("karpathy_json", "image_root") if key in config["dataset"]]
     if given:
-        raise ValueError(
+        raise PlanError(
             f"dataset.download is true, so the data goes to dataset.root ({DATA_ROOT}); remove "
             f"dataset.{given[0]}, or set dataset.download: false to use your own copies"
         )
@@ -99,7 +101,7 @@ elif DOWNLOAD:
     SCORED_IMAGE_INPUTS = [f"{DATA_ROOT}/{DATASET['archives'][key]}" for key in DATASET["scored_archives"]]
     for key, folder in DATASET["archives"].items():  # no public copy (Flickr30k): placed by hand
         if not config["dataset"]["sources"][key].get("url") and not Path(DATA_ROOT, folder).is_dir():
-            raise ValueError(
+            raise PlanError(
                 f"{DATA_ROOT}/{folder}: {DATASET_NAME}'s images are not there and have no download URL; get them "
                 f"from {DATASET['obtain']} and unpack them as {DATA_ROOT}/{folder}/, or set "
                 f"dataset.sources.{key}.url (and sha256) to a copy you trust"
@@ -111,7 +113,7 @@ else:
     IMAGE_INPUTS = []  # the user's image root: a fixed external folder (not tracked file by file)
     if not Path(IMAGE_ROOT).is_dir():
         fetchable = all(config["dataset"]["sources"][key].get("url") for key in DATASET["archives"])
-        raise ValueError(
+        raise PlanError(
             f"dataset.image_root {IMAGE_ROOT} is not a folder: {DATASET_NAME}'s images come from {DATASET['obtain']}; "
             "put them there (where the JSON's file names are)"
             + (", or set dataset.download: true to fetch them" if fetchable else "")
@@ -119,7 +121,8 @@ else:
 
 
 def code(*modules):
-    return code_hash(PROJECT_ROOT, *modules)
+    """The code fingerprint param of a rule running these modules (pipeline/provenance.py)."""
+    return code_fingerprint(PROJECT_ROOT, *modules)
 
 
 def store_output(kind, image_set="dataset"):
@@ -166,7 +169,7 @@ def model_name(model):
         return ModelName.parse(model, recipe if recipe != model else None)
     except InputError as error:
         hint = "" if recipe != model else "; a named experiment of one of them gives base: (e.g. base: sat_soft)"
-        raise ValueError(f"models.{model}: {error}{hint}") from None
+        raise PlanError(f"models.{model}: {error}{hint}") from None
 
 
 def is_released(model):
@@ -230,7 +233,7 @@ def parent_of(model):
         try:
             ModelName.parse(parent)
         except InputError:
-            raise ValueError(
+            raise PlanError(
                 f"models.{model}.init_from: {parent} is neither a model of the config nor a registered one"
             ) from None
     return parent
@@ -332,7 +335,7 @@ def train_launcher(model):
     key = model_name(model).batch_key
     batch = hparams(model).get(key)
     if batch is not None and batch % gpus:  # fail while planning, not when the job starts on the cluster
-        raise ValueError(
+        raise PlanError(
             f"{model}: {key} {batch} is the global batch and must be divisible by the {gpus} GPUs "
             "of train.gpus_per_job"
         )
@@ -370,15 +373,15 @@ def weights_path(kind):
         weights = BACKBONES[kind]["weights"]
         return f"{WEIGHTS_ROOT}/timm/{BACKBONES[kind]['model']}.safetensors" if weights == "hub" else weights
     weights = config["features"][kind]["weights"]
-    if FETCH and torchvision_weights_name(weights):
+    if torchvision_weights_name(weights):  # fetched by rule torchvision_weights, or placed there by hand (offline)
         return f"{WEIGHTS_ROOT}/{config['features'][kind]['backbone']}-{weights}.pth"
     if weights != "pretrain":
         return weights
     mismatch = pretrain_mismatch(config["features"], kind)
     if mismatch:
-        raise ValueError(mismatch)
+        raise PlanError(mismatch)
     if not BOXES_JSON:
-        raise ValueError(
+        raise PlanError(
             "features.*.weights 'pretrain' needs labelled boxes: the demo dataset, or "
             "features.regions.boxes_json with a 'labels' list per image"
         )
@@ -389,16 +392,13 @@ MANIFEST = f"{RUN}/text/images.json"
 
 
 def fetched_weights(kind):
-    """The weights file of this kind that a rule produces (pretrain, download), or None; a backbone's hub file (an
-    input even without downloads: placed by hand, it is checked while planning)."""
-    if kind in BACKBONES:
-        return weights_path(kind) if BACKBONES[kind]["weights"] == "hub" else None
-    weights = config["features"][kind]["weights"]
-    if weights == "pretrain" or (FETCH and torchvision_weights_name(weights)):
-        return weights_path(kind)
-    if kind == "regions" and FETCH and detector_weights_url():
-        return weights
-    return None
+    """The weights file this kind's extraction reads, an input of its jobs (so a missing file is named while
+    planning, not when the job runs): one a rule makes (pretrain, a download) or one placed by hand; None for random
+    weights."""
+    if kind not in BACKBONES and config["features"][kind]["weights"] == "none":
+        return None
+    path = weights_path(kind)
+    return None if path == "none" else path
 
 
 def detector_weights_url():
@@ -416,7 +416,7 @@ def extract_inputs(image_set=None):
         found = {"manifest": images["manifest"], "images": images["images"]}
         if wildcards.kind == "regions" and config["features"]["regions"]["boxes"] == "given":
             if not images["boxes"]:
-                raise ValueError(
+                raise PlanError(
                     f"features.regions.boxes is 'given': {images['boxes_key']} must give the {name} images' "
                     "boxes (or use boxes: detector)"
                 )
@@ -464,7 +464,7 @@ def train_inputs(wildcards):
     parent = parent_of(wildcards.model)
     if parent:
         if int(wildcards.seed) not in seeds_of(parent):
-            raise ValueError(
+            raise PlanError(
                 f"{wildcards.model} seed {wildcards.seed} starts from {parent} seed {wildcards.seed}, which is not "
                 f"among {parent}'s seeds {seeds_of(parent)}"
             )
@@ -686,7 +686,7 @@ EVAL_SET_CAPTIONS = f"{RUN}/text/sets/{{eval_set}}.json"
 EVAL_SET_MANIFEST = f"{RUN}/text/sets/{{eval_set}}_images.json"
 for name, entry in EVAL_SETS.items():
     if name in IMAGE_SETS:
-        raise ValueError(f"evaluate.sets.{name}: the name is taken by the run's own image set {name}; rename the set")
+        raise PlanError(f"evaluate.sets.{name}: the name is taken by the run's own image set {name}; rename the set")
     IMAGE_SETS[name] = image_set(
         EVAL_SET_MANIFEST.format(eval_set=name),
         entry["image_root"],
@@ -774,18 +774,18 @@ for model in RELEASED_MODELS:  # what a released-weights model cannot do, said w
     facts = release_of(model)
     if reads_release_features(model):
         if DEMO and "url" not in (config["releases"].get(model_name(model).release) or {}).get("features", {}):
-            raise ValueError(
+            raise PlanError(
                 f"models.{model}.features: release means the authors' {facts.features.name} of the "
                 f"{facts.features_dataset} images, not the demo's; use features: extracted (or give "
                 f"releases.{model_name(model).release}.features.url, a file of the demo images' features)"
             )
         if DATASET_NAME != facts.features_dataset:
-            raise ValueError(
+            raise PlanError(
                 f"models.{model}.features: release means the authors' {facts.features.name}, which holds "
                 f"{facts.features_dataset} images only (dataset.name is {DATASET_NAME}); use features: extracted"
             )
         if NOCAPS_ON or EVAL_SETS:
-            raise ValueError(
+            raise PlanError(
                 f"models.{model}.features: release: the authors' {facts.features.name} holds the "
                 f"{facts.features_dataset} images only, so this model cannot be decoded on nocaps or evaluate.sets; "
                 "score those with features: extracted (a second model entry) or switch them off"
@@ -795,14 +795,14 @@ for model in RELEASED_MODELS:  # what a released-weights model cannot do, said w
 for model in TRAINED_MODELS:  # what a model reads and starts from, checked while planning
     source = features_source(model)
     if source not in FEATURE_SOURCES:
-        raise ValueError(
+        raise PlanError(
             f"models.{model}.features: {source!r} is neither grid, regions nor a name under features.backbones "
             f"({', '.join(BACKBONES) or 'none defined'})"
         )
     readable = model_name(model).spec.readable_stores
     if source_kind(source) not in readable:
         hint = ": grid or a features.backbones name" if readable == ("grid",) else ""
-        raise ValueError(
+        raise PlanError(
             f"models.{model}.features: {source} is a {source_kind(source)} store; {family(model)} reads "
             f"{' or '.join(readable)} stores{hint}"
         )
@@ -810,12 +810,12 @@ for model in TRAINED_MODELS:  # what a model reads and starts from, checked whil
     if parent:
         expected = ModelName.parse(recipe_of(model)).init_from
         if recipe_of(parent) != expected:
-            raise ValueError(
+            raise PlanError(
                 f"models.{model}.init_from: {parent} trains {recipe_of(parent)}'s recipe; {model} "
                 f"({recipe_of(model)}) starts from a model of {expected}'s"
             )
         if features_source(parent) != source:
-            raise ValueError(
+            raise PlanError(
                 f"models.{model} reads {source} but starts from {parent}, which reads {features_source(parent)}; set "
                 f"models.{model}.init_from to a model of {expected} on {source} (e.g. {expected}_{source}: "
                 f"{{base: {expected}, features: {source}}})"
@@ -823,6 +823,6 @@ for model in TRAINED_MODELS:  # what a model reads and starts from, checked whil
 for section in ("sat", "m2"):
     misplaced = sorted(set(config[section]) & (set(ENTRY_KEYS) - {"seeds"}))
     if misplaced:
-        raise ValueError(
+        raise PlanError(
             f"{section}.{misplaced[0]}: a key of one model, not of the recipe: set models.<name>.{misplaced[0]}"
         )

@@ -25,7 +25,7 @@ rule decode:
         spec=spec_json(DecodeSpec, config),
         code=lambda wc: code("captioner.evaluation.decode", model_module(wc.model)),
     shell:
-        "python -m captioner job decode --spec {params.spec:q} --checkpoint {input.checkpoint}"
+        "python -m pipeline.gpu_slots --count {resources.gpu} -- python -m captioner job decode --spec {params.spec:q} --checkpoint {input.checkpoint}"
         " --features {input.features} --captions {input.captions} --split {wildcards.split}"
         " --out {output.predictions} --beams-out {output.beams} --threads {threads} 2> {log}"
 

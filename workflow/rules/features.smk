@@ -1,5 +1,7 @@
 # Stage 1: grid features (Show-Attend-Tell), region features (M²) and the grids of named timm backbones
-# (features.backbones, read by either model) into chunked stores.
+# (features.backbones, read by either model) into chunked stores. Every GPU job (here, train, decode) starts through
+# pipeline/gpu_slots.py: GPU ids of its own, as many as its `gpu` resource, so --resources gpu=N runs N jobs on N
+# cards (a no-op without GPUs and under SLURM).
 # With features.shards = N > 1 each kind is extracted by N independent jobs (one GPU each, e.g. N SLURM
 # jobs at once) over disjoint slices of the images, then merged into the single store training reads.
 from features.config import PretrainSpec
@@ -38,7 +40,7 @@ rule pretrain_backbone:
         image_root=lambda wildcards: IMAGE_ROOT,
         code=code("features.pretrain"),
     shell:
-        "python -m features job pretrain --spec {params.spec:q} --manifest {input.manifest} --boxes {input.boxes}"
+        "python -m pipeline.gpu_slots --count {resources.gpu} -- python -m features job pretrain --spec {params.spec:q} --manifest {input.manifest} --boxes {input.boxes}"
         " --image-root {params.image_root} --out {output.trunk} --report {output.report} --threads {threads} 2> {log}"
 
 
@@ -68,7 +70,7 @@ rule extract_features:
         shards=SHARDS,
         code=lambda wc: extract_code(wc.kind),
     shell:
-        "python -m features job extract --manifest {input.manifest} --out {output}"
+        "python -m pipeline.gpu_slots --count {resources.gpu} -- python -m features job extract --manifest {input.manifest} --out {output}"
         " {params.args} --shard {params.shard} --num-shards {params.shards} --threads {threads} 2> {log}"
 
 

@@ -39,7 +39,7 @@ rule train:
         recipe=lambda wc: f" --recipe {recipe_of(wc.model)}" if recipe_of(wc.model) != wc.model else "",
         launch=lambda wc: train_launcher(wc.model),
     shell:
-        "{params.launch} captioner job train --model {wildcards.model}{params.recipe} --features {input.features}"
+        "python -m pipeline.gpu_slots --count {resources.gpu} -- {params.launch} captioner job train --model {wildcards.model}{params.recipe} --features {input.features}"
         " --captions {input.captions} --vocab {input.vocab} --hparams {params.hparams:q} {params.init}"
         " --out-dir {params.out_dir} --checkpoint {output.checkpoint} --metrics {output.metrics}"
         " --curve {output.curve} --threads {threads} --device {params.device}"

@@ -51,7 +51,13 @@ def test_samples_list_every_model_next_to_a_reference(tmp_path):
     text = samples_markdown([tmp_path / "sat_soft/predictions_test.json", tmp_path / "m2_xe/predictions_test.json"],
                             captions, "test", 1)
     assert "*reference*: a red circle" in text and "`sat_soft`: a red thing" in text and "`m2_xe`: a red circle" in text
-    assert "image 6" not in text
+    assert "image 6" not in text and "_blind" not in text
+    (tmp_path / "sat_soft_blind").mkdir()
+    (tmp_path / "sat_soft_blind/predictions_test.json").write_text(
+        json.dumps([{"image_id": 5, "caption": "a shape"}, {"image_id": 6, "caption": "a shape"}]))
+    files = [tmp_path / "sat_soft/predictions_test.json", tmp_path / "sat_soft_blind/predictions_test.json"]
+    text = samples_markdown(files, captions, "test", 2)
+    assert "they see no image, so they write one caption for every image" in text  # why its rows repeat
 
 
 def test_released_weights_rows_are_labelled_and_their_authors_log_is_a_row_of_its_own(tmp_path):

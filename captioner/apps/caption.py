@@ -80,7 +80,8 @@ def caption_images(model_path: str, inputs: list[str], beam_size: int, max_lengt
     detects = config.kind == "regions" and config.boxes == "detector"
     if detector_weights:
         if not detects:
-            raise InputError(f"{model_path} reads {config.kind} features that no detector makes: drop --detector-weights")
+            raise InputError(f"{model_path} reads {config.kind} features that no detector makes: drop "
+                             "--detector-weights")
         config = replace(config, weights=detector_weights)
     elif detects and not config.weights:
         raise InputError(f"{model_path} reads bottom-up detector regions and records no detector weights (imported "

@@ -173,8 +173,8 @@ def to_markdown(tables: dict, title: str) -> str:
             f"samples are shown for jobs of {SAMPLED_SECONDS:.0f} s or more and \"{NOT_SAMPLED}\" for shorter ones "
             "(it samples every 0.5 s, then every 30 s, and may see only the job's shell). GPU-h: "
             "wall time x the GPUs a job holds (its `gpu` resource), as a cluster charges it, for the jobs that ran "
-            "on a GPU (their `usage:` line says whether CUDA was used; a run without a GPU shows 0). A job rerun keeps its last run's figures only (a training run resumed "
-            "over several SLURM jobs: the last one).\n")
+            "on a GPU (their `usage:` line says whether CUDA was used; a run without a GPU shows 0). A job rerun "
+            "keeps its last run's figures only (a training run resumed over several SLURM jobs: the last one).\n")
 
 
 def to_csv(tables: dict) -> str:

@@ -8,12 +8,12 @@ from captioner.evaluation.significance import default_pairs
 from captioner.models.registry import ENTRY_KEYS, ModelName
 from captioner.models.releases import FILES as RELEASE_FILES, ReleasedModel, release as release_facts
 from features.config import ExtractSpec, extractor_module, pretrain_mismatch
+from pipeline.config_files import deep_merge
 from pipeline.errors import InputError
 from pipeline.spec import compact_json, to_json as spec_json
 from pipeline.provenance import code_fingerprint
 
 PROJECT_ROOT = Path(workflow.basedir)
-
 # (braces doubled: snakemake formats the prefix like a shell command)
 # CAPTIONER_USAGE: each command logs its peak memory and CPU time (pipeline/usage.py), which tables/costs.md reads.
 # A prefix replaces Snakemake's bash strict mode, so it is restated: without pipefail `download ... | tee log` ends 0
@@ -239,16 +239,6 @@ def parent_of(model):
     return parent
 
 
-def deep_merge(base, override):
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def hparams(model):
     """Family defaults, then (a named experiment) its base model's overrides where that model is configured, then
     the model's own, then the blind twin's own (blind = same recipe); a model entry's own keys (ENTRY_KEYS) are not
@@ -366,8 +356,8 @@ def timm_weights_url(source):
 
 
 def weights_path(kind):
-    """`weights: pretrain` means the trunk trained by rule pretrain_backbone; where public files are fetched (FETCH)
-    a torchvision name means the file rule torchvision_weights fetched; a backbone's hub, the file rule timm_weights
+    """`weights: pretrain` means the trunk trained by rule pretrain_backbone; a torchvision name the file rule
+    torchvision_weights fetches (offline: one placed there by hand); a backbone's hub the file rule timm_weights
     fetches (or one placed there); anything else is passed on."""
     if kind in BACKBONES:
         weights = BACKBONES[kind]["weights"]

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.errors import InputError
+from pipeline.spec import resolve
 
 
 class PlanError(SystemExit):
@@ -92,18 +93,6 @@ def typed_overrides(overrides: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ schema errors, one line
-def _known_keys(schema: dict, root: dict) -> list[str]:
-    """The keys a schema node allows (its properties and those of the definitions it is made of)."""
-    keys, todo = [], [schema]
-    while todo:
-        node = todo.pop()
-        if "$ref" in node:
-            todo.append(root["$defs"][node["$ref"].removeprefix("#/$defs/")])
-        todo += node.get("allOf", [])
-        keys += [key for key in node.get("properties", {}) if key not in keys]
-    return sorted(keys)
-
-
 def _relevant(error):
     """The error to report: inside oneOf/anyOf, the branch of the instance's own type (a mapping's errors, not that
     it is not null), deepest first."""
@@ -115,28 +104,29 @@ def _relevant(error):
     return error
 
 
-def _unknown_keys(error, root: dict) -> list[str]:
+def _unknown_keys(error) -> list[str]:
     """The keys an additional/unevaluated-properties error is about: those neither named nor matched by a pattern
     (an unevaluated-properties error also lists keys whose values failed: those are reported for their values)."""
     if error.validator not in ("additionalProperties", "unevaluatedProperties") or not isinstance(error.instance, dict):
         return []
-    known = _known_keys(error.schema, root)
+    known = resolve(error.schema).get("properties", {})
     patterns = error.schema.get("patternProperties", {})
     return sorted(key for key in error.instance
                   if key not in known and not any(re.search(pattern, key) for pattern in patterns))
 
 
-def describe(error, root: dict) -> str:
+def describe(error) -> str:
     """One line: the key path, what is wrong, what is allowed, and YAML's 1e-3 trap where it applies."""
     error = _relevant(error)
     path = ".".join(str(part) for part in error.absolute_path)
     where = f"{path}: " if path else ""
-    if _unknown_keys(error, root):
-        known = _known_keys(error.schema, root)
+    unknown = _unknown_keys(error)
+    if unknown:
+        known = sorted(resolve(error.schema).get("properties", {}))
         pattern = error.schema.get("patternProperties")
         allowed = (f"names matching {', '.join(pattern)}" if pattern and not known else
                    f"known keys: {', '.join(known)}")
-        return f"{path + '.' if path else ''}{_unknown_keys(error, root)[0]}: unknown key ({allowed})"
+        return f"{path + '.' if path else ''}{unknown[0]}: unknown key ({allowed})"
     if error.validator == "type":
         expected = error.validator_value if isinstance(error.validator_value, str) else " or ".join(
             error.validator_value)
@@ -161,6 +151,6 @@ def schema_problem(config: dict, schema: dict) -> str | None:
     from jsonschema import Draft202012Validator
 
     errors = [error for error in Draft202012Validator(schema).iter_errors(config)
-              if error.validator != "unevaluatedProperties" or _unknown_keys(error, schema)]
+              if error.validator != "unevaluatedProperties" or _unknown_keys(error)]
     errors.sort(key=lambda e: list(map(str, e.absolute_path)))
-    return describe(errors[0], schema) if errors else None
+    return describe(errors[0]) if errors else None

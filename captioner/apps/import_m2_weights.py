@@ -176,7 +176,7 @@ def import_checkpoint(checkpoint_path: str | Path, vocab_path: str | Path, out: 
         "feature_norm": {"mean": torch.zeros(config.feature_dim), "std": torch.ones(config.feature_dim)},
         # what made the authors' features: the bottom-up detector (R101, 10-100 boxes, M² reads 50), so that
         # `caption --detector-weights` can caption new photos with it; the weights file is the user's
-        "features": {"kind": "regions", "extractor": asdict(BOTTOM_UP), "weights": None,
+        "features": {"kind": "regions", "extractor": BOTTOM_UP.record(), "weights": None,
                      "note": "bottom-up-attention features as in coco_detections.hdf5"},
         "hparams": {"collapse_repeats": True, "imported_from": str(checkpoint_path)},
         "epoch": epoch, "step": 0, "best": {}, "history": [],

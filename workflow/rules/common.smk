@@ -217,6 +217,11 @@ def source_kind(source):
     return "grid" if source in BACKBONES else source
 
 
+def extractor_kind(source):
+    """The extractor a feature source runs (features/config.py's spec kinds): grid, regions or timm."""
+    return "timm" if source in BACKBONES else source
+
+
 def parent_of(model):
     """The model whose best weights a model starts from (m2_scst: m2_xe), or None: models.<name>.init_from (a blind
     twin: its sighted model's, blind), else its recipe's."""
@@ -381,7 +386,7 @@ def weights_path(kind):
 MANIFEST = f"{RUN}/text/images.json"
 
 
-def fetched_weights(kind):
+def weights_input(kind):
     """The weights file this kind's extraction reads, an input of its jobs (so a missing file is named while
     planning, not when the job runs): one a rule makes (pretrain, a download) or one placed by hand; None for random
     weights."""
@@ -411,8 +416,8 @@ def extract_inputs(image_set=None):
                     "boxes (or use boxes: detector)"
                 )
             found["boxes"] = images["boxes"]
-        if fetched_weights(wildcards.kind):
-            found["weights"] = fetched_weights(wildcards.kind)
+        if weights_input(wildcards.kind):
+            found["weights"] = weights_input(wildcards.kind)
         return found
 
     return inputs
@@ -421,10 +426,7 @@ def extract_inputs(image_set=None):
 def extract_args(kind, image_set):
     """`python -m features job extract` arguments: the spec (features and features.<kind>, weights resolved), the
     image set's folder and boxes."""
-    if kind in BACKBONES:
-        spec = ExtractSpec.json_from_config(config, "timm", weights_path(kind), backbone=kind)
-    else:
-        spec = ExtractSpec.json_from_config(config, kind, weights_path(kind))
+    spec = ExtractSpec.json_from_config(config, extractor_kind(kind), weights_path(kind), backbone=kind)
     args = f"--spec {shlex.quote(spec)} --image-root {IMAGE_SETS[image_set]['image_root']}"
     if kind == "regions" and config["features"]["regions"]["boxes"] == "given":
         args += f" --boxes {IMAGE_SETS[image_set]['boxes']}"
@@ -433,12 +435,7 @@ def extract_args(kind, image_set):
 
 def extract_code(kind):
     """The extraction loop and the one extractor module this kind runs (not the other kinds')."""
-    if kind in BACKBONES:
-        return code("features.extract", extractor_module("timm"))
-    return code(
-        "features.extract",
-        extractor_module(kind, config["features"]["regions"]["boxes"]),
-    )
+    return code("features.extract", extractor_module(extractor_kind(kind), config["features"]["regions"]["boxes"]))
 
 
 def shard_path(kind, shard):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.metadata
+import json
 import os
 import re
 import subprocess
@@ -25,7 +26,7 @@ from packaging.requirements import Requirement
 
 from captioner.models.registry import FAMILIES, base_models, objective_module
 from pipeline.provenance import project_modules
-from tests.workflow_helpers import PROJECT, clone_run, copy_workflow, environment
+from tests.workflow_helpers import PROJECT, clone_run, copy_workflow, edit_config, environment
 
 RULE_FILES = sorted((PROJECT / "workflow/rules").glob("*.smk"))
 PROJECT_PACKAGES = {"captioner", "features", "pipeline"}
@@ -192,9 +193,17 @@ def test_the_data_env_runs_the_data_rules(tmp_path):
 def test_the_evaluate_env_runs_scoring_tables_significance_and_costs(finished_run, tmp_path):
     venv = light_venv("envs/evaluate.yaml", tmp_path)
     workdir = clone_run(finished_run, tmp_path / "copy")
-    # one score job (each starts METEOR's JVM: ~5 s), and everything after it
-    result = run_with(venv, workdir, "--forcerun", "results/tiny/eval/m2_xe/seed0/scores_test.json", "--",
+    # the two M² models' score jobs with METEOR too (which the tiny config leaves out: each job starts its JVM,
+    # ~10 CPU-s), and everything after them; only these two, by modification times
+    edit_config(workdir, lambda config: config["evaluate"].update(metrics=["bleu", "meteor", "rouge", "cider"]))
+    forced = [f"results/tiny/eval/{model}/seed0/scores_test.json" for model in ("m2_xe", "m2_scst")]
+    result = run_with(venv, workdir, "--rerun-triggers", "mtime", "--forcerun", *forced, "--",
                       "results/tiny/tables/costs.md")
     assert result.returncode == 0, result.stderr[-3000:]
     for rule in ("score", "tables", "significance", "costs"):
         assert f"rule {rule}:" in result.stdout + result.stderr
+    for path in forced:
+        assert 0 < json.loads((workdir / path).read_text())["corpus"]["METEOR"] <= 100, path
+    # significance tests METEOR on the per-image scores whose mean it shows, beside the corpus scores
+    m2_pair = (workdir / "results/tiny/tables/significance.md").read_text().split("`m2_scst` vs `m2_xe`")[1]
+    assert "METEOR (mean of per-image scores)" in m2_pair.split("\n## ")[0]

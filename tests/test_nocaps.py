@@ -94,11 +94,11 @@ def predictions_for(data):
             for image in data["images"]}
 
 
-def by_hand(references: dict, predictions: dict) -> dict:
-    """pycocoevalcap's own tokenizer and scorers on one subset, as its COCOEvalCap runs them."""
+def by_hand(references: dict, predictions: dict, meteor) -> dict:
+    """pycocoevalcap's own tokenizer and scorers on one subset, as its COCOEvalCap runs them (``meteor``: its
+    Meteor, started once for all subsets: METEOR keeps no state between EVAL lines)."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
@@ -106,13 +106,15 @@ def by_hand(references: dict, predictions: dict) -> dict:
     gts = tokenizer.tokenize({i: [{"caption": c} for c in refs] for i, refs in references.items()})
     res = tokenizer.tokenize({i: [{"caption": predictions[i]}] for i in references})
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    meteor = Meteor()
     scores = {f"BLEU-{n + 1}": 100 * bleu[n] for n in range(4)}
     scores["METEOR"] = 100 * meteor.compute_score(gts, res)[0]
-    meteor.meteor_p.kill()
     scores["ROUGE-L"] = 100 * Rouge().compute_score(gts, res)[0]
     scores["CIDEr-D"] = 100 * Cider().compute_score(gts, res)[0]
     return scores
+
+
+def subset_ids(items: list, subset: str) -> list:
+    return [item["image_id"] for item in items if subset in (item["domain"], "entire")]
 
 
 def test_each_domain_is_an_independent_pycocoevalcap_run(tmp_path):
@@ -123,9 +125,19 @@ def test_each_domain_is_an_independent_pycocoevalcap_run(tmp_path):
     items = json.loads((tmp_path / "nocaps.json").read_text())["splits"]["nocaps"]
     predictions = predictions_for(data)
     scores = score_by_domain(predictions, items, ["bleu", "meteor", "rouge", "cider"])
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    # by hand, one METEOR process too but the subsets in the opposite order: anything a subset's scores carried
+    # into the next one's in either process would make them differ
+    meteor = Meteor()
+    try:
+        expected_by_subset = {subset: by_hand({i: items[i]["refs"] for i in subset_ids(items, subset)}, predictions,
+                                              meteor) for subset in reversed((*DOMAINS, "entire"))}
+    finally:
+        meteor.meteor_p.kill()
     for subset in (*DOMAINS, "entire"):
-        ids = [item["image_id"] for item in items if subset in (item["domain"], "entire")]
-        expected = by_hand({i: items[i]["refs"] for i in ids}, predictions)
+        ids = subset_ids(items, subset)
+        expected = expected_by_subset[subset]
         assert scores["domains"][subset]["images"] == len(ids)
         for metric, value in expected.items():
             assert scores["domains"][subset]["corpus"][metric] == pytest.approx(value, abs=1e-9), (subset, metric)

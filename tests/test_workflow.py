@@ -38,8 +38,9 @@ def test_full_run_writes_a_row_per_model(finished_run):
         rows = list(csv.DictReader(handle))
     assert [r["model"] for r in rows] == MODELS
     for row in rows:
-        for metric in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"):
+        for metric in ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr-D"):
             assert 0.0 <= float(row[metric]) <= 100.0
+        assert "METEOR" not in row  # the columns are the config's metrics (the tiny config leaves METEOR out)
         assert row["beam_size"] == "2"
     markdown = (finished_run / RUN / "tables/scores.md").read_text()
     assert all(f"`{m}`" in markdown for m in MODELS)
@@ -64,23 +65,20 @@ def test_full_run_writes_a_row_per_model(finished_run):
     assert float(costs["stage", "train"]["gpu_hours"]) == 0 and float(costs["stage", "score"]["gpu_hours"]) == 0
     assert float(costs["model", "sat_soft"]["wall_s"]) > float(costs["stage", "prepare_text"]["wall_s"])
     # each job's own peak (its usage line), even for jobs of seconds that Snakemake's sampling saw as their 3 MB
-    # shell: at least a Python interpreter; torch's import alone is hundreds of MB; the scorer's Java more
+    # shell: at least a Python interpreter; torch's import alone is hundreds of MB
     peaks = {key[1]: float(row["max_rss_mb"]) for key, row in costs.items() if key[0] == "stage"}
     assert min(peaks.values()) > 9 and min(peaks["train"], peaks["decode"], peaks["extract_features grid"]) > 200
-    assert peaks["score"] > 100, peaks
+    assert peaks["score"] > 40, peaks  # pycocoevalcap's tokenizer is a JVM (METEOR's, in runs that score it, more)
     # the significance table's model columns are the results table's numbers, or say what else they are
     scores = {row["model"]: row for row in csv.DictReader(open(finished_run / RUN / "tables/scores.csv"))}
     rows = [line.split("|")[1:4] for line in significance.split("`sat_hard` vs `sat_soft`")[1].split("\n## ")[0]
             .splitlines() if line.startswith("| ") and not line.startswith("| metric")]
     checked = 0
     for label, hard, soft in (map(str.strip, row) for row in rows):
-        if label.endswith("(mean of per-image scores)"):
-            assert label.startswith("METEOR")
-            continue
         assert float(hard) == pytest.approx(float(scores["sat_hard"][label]), abs=0.051), label
         assert float(soft) == pytest.approx(float(scores["sat_soft"][label]), abs=0.051), label
         checked += 1
-    assert checked >= 6 and "METEOR (mean of per-image scores)" in significance
+    assert checked >= 6 and not [row for row in rows if "METEOR" in row[0]]  # (its row: tests/test_envs.py)
     with open(finished_run / RUN / "models/m2_scst/seed0/metrics.csv") as handle:  # the SCST curve's reward
         scst = [row for row in csv.DictReader(handle) if row["stage"] == "scst"]
     assert scst and all(0 <= float(row["train_reward"]) <= 1000 for row in scst)  # CIDEr-D, the tables' 0-100 scale

@@ -121,6 +121,29 @@ def sbatch_calls(output: str) -> dict[str, str]:
     return calls
 
 
+# first: it needs no finished run (tests/conftest.py's), which another worker builds meanwhile
+def test_feature_shards_run_as_concurrent_slurm_jobs(cluster, tmp_path):
+    workdir = copy_workflow(tmp_path / "shards")
+    edit_config(workdir, lambda c: c["features"].__setitem__("shards", 2))
+    _, seconds = submit(workdir, "results/tiny/features/grid.h5", "results/tiny/features/regions.h5")
+    jobs = sacct_jobs(workdir)
+    shards = [j for j in jobs if j["comment"].startswith("rule_extract_features")]
+    merges = [j for j in jobs if j["comment"].startswith("rule_merge_features")]
+    assert len(shards) == 4 and len(merges) == 2 and all(j["state"] == "COMPLETED" for j in shards + merges)
+
+    def interval(job):
+        return datetime.fromisoformat(job["start"]), datetime.fromisoformat(job["end"])
+
+    overlapping = [(a["id"], b["id"]) for i, a in enumerate(shards) for b in shards[i + 1:]
+                   if interval(a)[0] < interval(b)[1] and interval(b)[0] < interval(a)[1]]
+    assert overlapping, [(j["id"], j["start"], j["end"]) for j in shards]
+    last_shard_end = max(interval(j)[1] for j in shards)
+    first_merge_start = min(interval(j)[0] for j in merges)
+    assert first_merge_start >= min(interval(j)[1] for j in shards)
+    report(f"sharded extraction on SLURM: {len(shards)} shard jobs, overlapping pairs {overlapping}, "
+           f"merges started {first_merge_start:%H:%M:%S} (last shard ended {last_shard_end:%H:%M:%S}), {seconds:.0f} s")
+
+
 def test_whole_dag_through_slurm_equals_a_local_run(cluster, finished_run, tmp_path):
     local = finished_run
     workdir = copy_workflow(tmp_path / "cluster")
@@ -157,31 +180,9 @@ def test_whole_dag_through_slurm_equals_a_local_run(cluster, finished_run, tmp_p
     assert len(sacct_jobs(workdir)) == len(jobs)  # nothing new was submitted
 
 
-def test_feature_shards_run_as_concurrent_slurm_jobs(cluster, tmp_path):
-    workdir = copy_workflow(tmp_path / "shards")
-    edit_config(workdir, lambda c: c["features"].__setitem__("shards", 2))
-    _, seconds = submit(workdir, "results/tiny/features/grid.h5", "results/tiny/features/regions.h5")
-    jobs = sacct_jobs(workdir)
-    shards = [j for j in jobs if j["comment"].startswith("rule_extract_features")]
-    merges = [j for j in jobs if j["comment"].startswith("rule_merge_features")]
-    assert len(shards) == 4 and len(merges) == 2 and all(j["state"] == "COMPLETED" for j in shards + merges)
-
-    def interval(job):
-        return datetime.fromisoformat(job["start"]), datetime.fromisoformat(job["end"])
-
-    overlapping = [(a["id"], b["id"]) for i, a in enumerate(shards) for b in shards[i + 1:]
-                   if interval(a)[0] < interval(b)[1] and interval(b)[0] < interval(a)[1]]
-    assert overlapping, [(j["id"], j["start"], j["end"]) for j in shards]
-    last_shard_end = max(interval(j)[1] for j in shards)
-    first_merge_start = min(interval(j)[0] for j in merges)
-    assert first_merge_start >= min(interval(j)[1] for j in shards)
-    report(f"sharded extraction on SLURM: {len(shards)} shard jobs, overlapping pairs {overlapping}, "
-           f"merges started {first_merge_start:%H:%M:%S} (last shard ended {last_shard_end:%H:%M:%S}), {seconds:.0f} s")
-
-
-# ~55 s of training on one core against 1-minute jobs that train ~30 s each (start-up ~10 s, the warning 20 s before
-# the limit): two jobs at least, three with the scancel. (Each resubmission also waits ~30 s for the plugin's status
-# check, whose interval grows by 10 s per check while a job runs.)
+# ~80 s of training on one core against 2-minute jobs (start-up ~10-25 s, the warning 20 s before the limit): three
+# jobs at least, the first stopped by hand. (Each resubmission also waits for the plugin's status check, whose
+# interval grows by 10 s per check while a job runs.)
 LONG_SAT = {"epochs": 36, "batch_size": 4, "patience": 36,
             "model": {"embed_dim": 64, "hidden_dim": 128, "attention_dim": 64, "init_layers": 1, "dropout": 0.0}}
 TRAINED = "results/tiny/models/sat_soft/seed0"
@@ -192,8 +193,11 @@ RESUMED_AFTER_TRAINING = re.compile(r"^(\S+) resuming sat_soft from \S+ after ep
 
 
 # training in all, whatever the machine: the first job is stopped by hand after an epoch, each next one by SLURM's
-# warning 20 s before its 1-minute limit, so ~30-40 s of training a job after start-up: 55 s make at least 3 jobs
-CHUNKED_TRAINING_SECONDS = 55
+# warning 20 s before its 2-minute limit. SLURM checks limits every 30 s and may send the warning up to a minute early
+# (sbatch --signal): it came 13-53 s early here, so 47-80 s into a job, ~25-65 s of training after start-up; 80 s make
+# at least 3 jobs. A 1-minute limit would put the warning 7-40 s into a job, often before the trainer has started
+# (the job is then lost and resubmitted): that made this test take 6 to 14 minutes.
+CHUNKED_TRAINING_SECONDS = 80
 
 
 def long_sat_epochs(finished_run: Path, tmp_path: Path) -> int:
@@ -231,7 +235,7 @@ def train_job_ids(workdir: Path) -> list[str]:
 
 
 def test_training_longer_than_its_time_limit_finishes_in_chunks_like_a_local_run(cluster, finished_run, tmp_path):
-    """The real profile with a 1-minute limit for training jobs against ~55 s of training: every job gets the
+    """The real profile with a 2-minute limit for training jobs against ~80 s of training: every job gets the
     profile's SIGUSR1 warning (20 s before the limit here), writes last.pt mid-epoch and exits 75; Snakemake
     resubmits it (preemptible-retries) and the next job resumes at that batch. The first job is also stopped by hand
     with `scancel --signal=USR1`. The chunks end with the losses and weights of an uninterrupted local run."""
@@ -268,13 +272,13 @@ def test_training_longer_than_its_time_limit_finishes_in_chunks_like_a_local_run
     stopper = threading.Thread(target=stop_the_first_job, daemon=True)
     stopper.start()
     _, seconds = submit(chunked, f"{TRAINED}/checkpoint.pt",
-                             train={"runtime": 1, "slurm_extra": "'--signal=USR1@20'"})
+                             train={"runtime": 2, "slurm_extra": "'--signal=USR1@20'"})
     stopper.join(timeout=5)
     local_output, _ = straight.communicate(timeout=600)
     assert straight.returncode == 0, local_output[-3000:]
 
     jobs = [j for j in sacct_jobs(chunked) if j["comment"].startswith("rule_train")]
-    report(f"chunked training on SLURM: {len(jobs)} jobs of 1 minute in {seconds:.0f} s, "
+    report(f"chunked training on SLURM: {len(jobs)} jobs of 2 minutes in {seconds:.0f} s, "
            f"states {[(j['state'], j['exit']) for j in jobs]}")
     assert len(jobs) >= 3 and jobs[-1]["state"] == "COMPLETED", jobs
     assert by_hand, "the first training job was not seen running"

@@ -1,9 +1,9 @@
 """Our M² against the authors' implementation on the same random weights and inputs.
 
 Needs a checkout of https://github.com/aimagelab/meshed-memory-transformer kept *outside* this repository
-(never committed here), given with --reference-repo. Its ``models`` and ``utils`` packages are copied to a temporary
-folder and patched for current PyTorch (integer division of beam indices, boolean attention masks); nothing of it
-is imported by the project itself.
+(never committed here), given with --reference-repo. Its ``models``, ``utils`` and ``evaluation`` packages are copied
+to a temporary folder and patched for current PyTorch (integer division of beam indices, boolean attention masks);
+nothing of it is imported by the project itself.
 
 1. Build the reference Transformer (MemoryAugmentedEncoder 3 layers, m=40; MeshedDecoder 3 layers) with its own
    random initialisation, convert its state_dict with ``captioner.apps.import_m2_weights.convert_state_dict`` and load it into
@@ -14,11 +14,16 @@ is imported by the project itself.
    in fp32 and under bf16 autocast (our ``precision: bf16``; the reference has no such option, so it is also
    shown wrapped in autocast from outside). Our XE step is timed on the reference's kind of batch (50 shuffled
    pairs) and on our default kind (``xe_batches: by_image``: 10 images x 5 captions, each image encoded once).
+4. One SCST step of each (10 images, beam 5 in training mode, CIDEr-D rewards against each image's references, the
+   mean of its beams as baseline, backward, Adam): the reference's ``train_scst`` body with its own PTB tokenizer (two
+   Java runs in a process pool) and CIDEr-D scorer, against our ``SelfCritical`` objective.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import multiprocessing
 import re
 import shutil
 import sys
@@ -26,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -43,8 +49,12 @@ PATCHES = {  # file -> (pattern, replacement): what current PyTorch needs, nothi
 
 
 def import_reference(repo: Path, workdir: Path):
-    for package in ("models", "utils"):
-        shutil.copytree(repo / package, workdir / package)
+    for package in ("models", "utils", "evaluation"):
+        shutil.copytree(repo / package, workdir / package, ignore=shutil.ignore_patterns("*.jar"))
+    # its PTB tokenizer's jar: the same release (Stanford CoreNLP 3.4.1) that pycocoevalcap ships
+    from pycocoevalcap.tokenizer import ptbtokenizer
+
+    shutil.copy(Path(ptbtokenizer.__file__).with_name("stanford-corenlp-3.4.1.jar"), workdir / "evaluation")
     for name, patches in PATCHES.items():
         path = workdir / name
         text = path.read_text()
@@ -57,6 +67,64 @@ def import_reference(repo: Path, workdir: Path):
     from models.transformer import MemoryAugmentedEncoder, MeshedDecoder, ScaledDotProductAttentionMemory, Transformer
 
     return Transformer, MemoryAugmentedEncoder, MeshedDecoder, ScaledDotProductAttentionMemory
+
+
+class SyntheticTrainData:
+    """What our SCST objective reads of its training data: the images' references, the vocabulary and the model
+    inputs of a batch of images."""
+
+    def __init__(self, references: list[list[str]], vocab, features, num_boxes):
+        self.images = [{"image_id": i, "refs": refs} for i, refs in enumerate(references)]
+        self.vocab, self.features, self.num_boxes = vocab, features, num_boxes
+
+    def inputs(self, indices: list[int]) -> dict:
+        rows = torch.tensor(indices, device=self.features.device)
+        return {"features": self.features[rows], "num_boxes": self.num_boxes[rows]}
+
+
+def profile_steps(steps: dict, repeats: int, top: int = 14) -> list[str]:
+    """Where a training step's time goes, per implementation (fp32 and under bf16 autocast): self CPU time of the
+    heaviest aten operators (torch.profiler), and the FLOPs of one step (torch.utils.flop_counter)."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    lines = []
+    for precision in ("fp32", "bf16"):
+        shares, totals, step_flops = {}, {}, {}
+        for name, step in steps.items():
+            run = step if precision == "fp32" else (lambda step=step: _under_bf16(step))
+            counter = FlopCounterMode(display=False)
+            with counter:
+                run()
+            step_flops[name] = counter.get_total_flops()
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(repeats):
+                    run()
+            events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+            totals[name] = sum(e.self_cpu_time_total for e in events) / repeats
+            shares[name] = {e.key: (e.self_cpu_time_total / repeats, e.count // repeats) for e in events}
+        names = list(steps)
+        lines += [f"#### Where a same-batch XE step's time goes, {precision}", "",
+                  "aten operators' self CPU time per step (torch.profiler; ms, calls), FLOPs of one step (forward + "
+                  "backward + optimizer) from torch.utils.flop_counter: " + ", ".join(
+                      f"{name} {step_flops[name] / 1e9:.1f} GFLOP in {totals[name] / 1e3:.0f} ms" for name in names), "",
+                  "| operator | " + " | ".join(f"{name} ms | calls" for name in names) + " |",
+                  "|---|" + "---:|---:|" * len(names)]
+        heaviest = sorted({key for name in names for key in shares[name]},
+                          key=lambda key: -max(shares[name].get(key, (0, 0))[0] for name in names))[:top]
+        for key in heaviest:
+            cells = []
+            for name in names:
+                ms, calls = shares[name].get(key, (0.0, 0))
+                cells.append(f"{ms / 1e3:.1f} | {calls}")
+            lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _under_bf16(step) -> None:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        step()
 
 
 def timed(function, repeats: int) -> float:
@@ -75,9 +143,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--max-length", type=int, default=20)
+    parser.add_argument("--scst-images", type=int, default=10, help="images of an SCST batch")
+    parser.add_argument("--scst-corpus", type=int, default=1000, help="training images for CIDEr-D's frequencies")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--profile", action="store_true", help="also write where a same-batch XE step's time goes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -181,12 +252,64 @@ def main() -> None:
                     step()
             return wrapped
 
+        profile_lines = profile_steps({"reference": reference_step, "ours": our_step}, args.repeats) if args.profile \
+            else []
         xe_ref = timed(reference_step, args.repeats)
         xe_ours = timed(our_step, args.repeats)
         xe_ours_bf16 = timed(bf16(our_step), args.repeats)
         xe_ref_bf16 = timed(bf16(reference_step), args.repeats)
         xe_ours_by_image = timed(our_step_by_image, args.repeats)
         xe_ours_by_image_bf16 = timed(bf16(our_step_by_image), args.repeats)
+
+        # SCST: one step on scst_images images, each implementation with its own beam search and CIDEr-D; the
+        # document frequencies of a training corpus of random-word references (5 per image), as both compute them
+        import evaluation  # the reference's: its PTB tokenizer (Java) and CIDEr-D scorer
+
+        from captioner.data.vocab import Vocabulary
+        from captioner.training.scst import SelfCritical
+
+        words_of = torch.Generator().manual_seed(1)
+        corpus = [[" ".join(f"w{int(w)}" for w in torch.randint(0, args.vocab - 4, (int(n),), generator=words_of))
+                   for n in torch.randint(8, 15, (5,), generator=words_of)] for _ in range(args.scst_corpus)]
+        batch_images = list(range(args.scst_images))
+        pool = multiprocessing.Pool()  # as the reference's train_scst: one per epoch, two tokenizer runs per step
+        cider_train = evaluation.Cider(evaluation.PTBTokenizer.tokenize(corpus))
+        scst_features, scst_boxes = features[:args.scst_images], num_boxes[:args.scst_images]
+
+        def reference_scst_step():  # train.py's train_scst for one batch
+            outs, log_probs = reference.beam_search(scst_features, args.max_length, eos_ref, args.beam,
+                                                    out_size=args.beam)
+            ref_optimizer.zero_grad()
+            caps_gen = []  # TextField.decode: the words up to <eos>
+            for row in outs.view(-1, args.max_length).tolist():
+                caption = []
+                for index in row:
+                    if reference_itos[index] == "<eos>":
+                        break
+                    caption.append(reference_itos[index])
+                caps_gen.append(" ".join(caption))
+            caps_gt = list(itertools.chain(*([corpus[i]] * args.beam for i in batch_images)))
+            caps_gen, caps_gt = pool.map(evaluation.PTBTokenizer.tokenize, [caps_gen, caps_gt])
+            reward = cider_train.compute_score(caps_gt, caps_gen)[1].astype(np.float32)
+            reward = torch.from_numpy(reward).to(device).view(args.scst_images, args.beam)
+            baseline = torch.mean(reward, -1, keepdim=True)
+            loss = (-torch.mean(log_probs, -1) * (reward - baseline)).mean()
+            loss.backward()
+            ref_optimizer.step()
+
+        vocab = Vocabulary(list(our_itos))
+        hp = {"scst_beam_size": args.beam, "scst_max_length": args.max_length, "scst_batch_images": args.scst_images}
+        scst = SelfCritical(ours, SyntheticTrainData(corpus, vocab, features, num_boxes), hp)
+
+        def our_scst_step():
+            step = scst(batch_images)
+            our_optimizer.zero_grad()
+            step.loss.backward()
+            our_optimizer.step()
+
+        scst_ref = timed(reference_scst_step, args.repeats)
+        scst_ours = timed(our_scst_step, args.repeats)
+        pool.close()
 
     append_results("M2: ours vs the reference implementation (same weights, same inputs)", [
         f"random reference weights converted with `captioner.apps.import_m2_weights`; {args.regions} regions (10-{args.regions} "
@@ -210,7 +333,11 @@ def main() -> None:
         f"({args.batch // per_image} images x {per_image} captions, each image encoded once), fp32, samples/s | "
         f"{args.batch / xe_ref:.1f} | {args.batch / xe_ours_by_image:.1f} | {xe_ref / xe_ours_by_image:.2f}x |",
         f"| the same, both under bf16 autocast, samples/s | {args.batch / xe_ref_bf16:.1f} | "
-        f"{args.batch / xe_ours_by_image_bf16:.1f} | {xe_ref_bf16 / xe_ours_by_image_bf16:.2f}x |"])
+        f"{args.batch / xe_ours_by_image_bf16:.1f} | {xe_ref_bf16 / xe_ours_by_image_bf16:.2f}x |",
+        f"| SCST step ({args.scst_images} images, beam {args.beam} in training mode, max length {args.max_length}, "
+        f"CIDEr-D rewards against 5 references each with the document frequencies of {args.scst_corpus} images, "
+        f"mean baseline, backward, Adam), fp32, images/s | {args.scst_images / scst_ref:.2f} | "
+        f"{args.scst_images / scst_ours:.2f} | {scst_ref / scst_ours:.2f}x |", "", *profile_lines])
 
 
 if __name__ == "__main__":

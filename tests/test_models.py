@@ -133,6 +133,45 @@ def test_m2_loss_ignores_pad():
     assert loss.tokens.item() == 6 and torch.isfinite(loss.loss)
 
 
+def test_m2_loss_and_gradients_do_not_depend_on_padding():
+    """Teacher forcing skips padded positions and padded regions (it computes only what predicts a real token): in
+    float64, more pad columns and more padded regions change neither the loss nor any gradient."""
+    model = m2_model(dropout=0.0).double()
+    feats, num_boxes = torch.randn(2, 3, 6, dtype=torch.float64), torch.tensor([3, 2])
+    caps = captions()
+
+    def loss_and_grads(features, caps):
+        model.zero_grad()
+        loss = model.loss(features, num_boxes, caps).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    loss, grads = loss_and_grads(feats, caps)
+    wider = torch.cat([feats, torch.randn(2, 4, 6, dtype=torch.float64)], 1)  # 4 more regions, all padding
+    longer = torch.cat([caps, torch.zeros(2, 5, dtype=torch.long)], 1)  # 5 more pad columns
+    padded_loss, padded_grads = loss_and_grads(wider, longer)
+    torch.testing.assert_close(padded_loss, loss, rtol=0, atol=1e-12)
+    for grad, padded in zip(grads, padded_grads):
+        torch.testing.assert_close(padded, grad, rtol=0, atol=1e-12)
+
+
+def test_dropout_keeps_each_element_with_probability_one_minus_p_and_repeats_with_the_seed():
+    from captioner.models.dropout import Dropout
+
+    dropout = Dropout(0.3).train()
+    x = torch.ones(400_000)
+    torch.manual_seed(1)
+    out = dropout(x)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005  # 3 standard deviations: ~0.0022
+    torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1 / 0.7))  # the expectation stays x
+    torch.manual_seed(1)
+    assert torch.equal(dropout(x), out)
+    assert torch.equal(dropout.eval()(x), x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert dropout.train()(x.bfloat16()).dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("family", ["sat", "m2"])
 def test_captions_sharing_an_image_equal_repeated_features(family):
     """``image_index`` (each image encoded once, its encoding sent to each of its captions) gives the loss and the

@@ -86,14 +86,14 @@ class SyntheticTrainData:
         return {"features": self.features[rows], "num_boxes": self.num_boxes[rows]}
 
 
-def profile_steps(steps: dict, repeats: int, top: int = 14) -> list[str]:
-    """Where a training step's time goes, per implementation (fp32 and under bf16 autocast): self CPU time of the
-    heaviest aten operators (torch.profiler), and the FLOPs of one step (torch.utils.flop_counter)."""
+def profile_steps(title: str, steps: dict, repeats: int, precisions=("fp32", "bf16"), top: int = 14) -> list[str]:
+    """Where a training step's time goes, per implementation: self CPU time of the heaviest aten operators
+    (torch.profiler), and the FLOPs of one step (torch.utils.flop_counter)."""
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
 
     lines = []
-    for precision in ("fp32", "bf16"):
+    for precision in precisions:
         shares, totals, step_flops = {}, {}, {}
         for name, step in steps.items():
             run = step if precision == "fp32" else (lambda step=step: _under_bf16(step))
@@ -108,7 +108,7 @@ def profile_steps(steps: dict, repeats: int, top: int = 14) -> list[str]:
             totals[name] = sum(e.self_cpu_time_total for e in events) / repeats
             shares[name] = {e.key: (e.self_cpu_time_total / repeats, e.count // repeats) for e in events}
         names = list(steps)
-        lines += [f"#### Where a same-batch XE step's time goes, {precision}", "",
+        lines += [f"#### Where {title}'s time goes, {precision}", "",
                   "aten operators' self CPU time per step (torch.profiler; ms, calls), FLOPs of one step (forward + "
                   "backward + optimizer) from torch.utils.flop_counter: " + ", ".join(
                       f"{name} {step_flops[name] / 1e9:.1f} GFLOP in {totals[name] / 1e3:.0f} ms" for name in names), "",
@@ -155,7 +155,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--profile", action="store_true", help="also write where a same-batch XE step's time goes")
+    parser.add_argument("--profile", action="store_true",
+                        help="also write where the steps' time goes (same-batch XE, default-batch XE, SCST)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -271,8 +272,8 @@ def main() -> None:
                     step()
             return wrapped
 
-        profile_lines = profile_steps({"reference": reference_step, "ours": our_step}, args.repeats) if args.profile \
-            else []
+        profile_lines = profile_steps("a same-batch XE step", {"reference": reference_step, "ours": our_step},
+                                      args.repeats) if args.profile else []
         xe_ref = timed(reference_step, args.repeats)
         xe_ours = timed(our_step, args.repeats)
         xe_compat = timed(compat_step, args.repeats)
@@ -329,6 +330,13 @@ def main() -> None:
 
         scst_ref = timed(reference_scst_step, args.repeats)
         scst_ours = timed(our_scst_step, args.repeats)
+        if args.profile:  # the two rows with the largest gaps to their goals
+            profile_lines += profile_steps("an XE step as each trains by default (ours by_image)",
+                                           {"reference": reference_step, "ours": our_step_by_image}, args.repeats,
+                                           precisions=("fp32",))
+            profile_lines += profile_steps("an SCST step (the reference's Java tokenizer runs outside torch)",
+                                           {"reference": reference_scst_step, "ours": our_scst_step}, args.repeats,
+                                           precisions=("fp32",))
         pool.close()
 
     append_results("M2: ours vs the reference implementation (same weights, same inputs)", [

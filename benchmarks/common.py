@@ -6,7 +6,9 @@ import datetime
 import os
 import platform
 import shlex
+import statistics
 import sys
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -44,3 +46,24 @@ def append_results(title: str, lines: list[str], results: Path = RESULTS) -> Non
         results.write_text("# Benchmark results\n\nEach section is appended by a script in this folder.\n\n")
     with open(results, "a", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def timed(function, repeats: int) -> float:
+    """Median seconds of a call (after a warm-up): one slow call of a noisy machine does not move it."""
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def under_bf16(step, device_type: str = "cpu"):
+    """``step`` wrapped in bf16 autocast: what ``train.precision: bf16`` does around a training step."""
+    import torch
+
+    def wrapped():
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            step()
+    return wrapped

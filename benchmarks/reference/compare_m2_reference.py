@@ -29,10 +29,8 @@ import itertools
 import multiprocessing
 import re
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks.common import append_results  # noqa: E402
+from benchmarks.common import append_results, timed, under_bf16  # noqa: E402
 from captioner.apps.import_m2_weights import REFERENCE_SPECIALS, convert_state_dict  # noqa: E402
 from captioner.models.beam_search import beam_search  # noqa: E402
 from captioner.models.m2 import MeshedMemoryTransformer  # noqa: E402
@@ -96,7 +94,7 @@ def profile_steps(title: str, steps: dict, repeats: int, precisions=("fp32", "bf
     for precision in precisions:
         shares, totals, step_flops = {}, {}, {}
         for name, step in steps.items():
-            run = step if precision == "fp32" else (lambda step=step: _under_bf16(step))
+            run = step if precision == "fp32" else under_bf16(step)
             counter = FlopCounterMode(display=False)
             with counter:
                 run()
@@ -110,8 +108,9 @@ def profile_steps(title: str, steps: dict, repeats: int, precisions=("fp32", "bf
         names = list(steps)
         lines += [f"#### Where {title}'s time goes, {precision}", "",
                   "aten operators' self CPU time per step (torch.profiler; ms, calls), FLOPs of one step (forward + "
-                  "backward + optimizer) from torch.utils.flop_counter: " + ", ".join(
-                      f"{name} {step_flops[name] / 1e9:.1f} GFLOP in {totals[name] / 1e3:.0f} ms" for name in names), "",
+                  "backward + optimizer) from torch.utils.flop_counter: "
+                  + ", ".join(f"{name} {step_flops[name] / 1e9:.1f} GFLOP in {totals[name] / 1e3:.0f} ms"
+                              for name in names), "",
                   "| operator | " + " | ".join(f"{name} ms | calls" for name in names) + " |",
                   "|---|" + "---:|---:|" * len(names)]
         heaviest = sorted({key for name in names for key in shares[name]},
@@ -124,22 +123,6 @@ def profile_steps(title: str, steps: dict, repeats: int, precisions=("fp32", "bf
             lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
-
-
-def _under_bf16(step) -> None:
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        step()
-
-
-def timed(function, repeats: int) -> float:
-    """Median seconds of a call (after a warm-up): one slow call of a noisy machine does not move it."""
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -266,11 +249,8 @@ def main() -> None:
             loss.backward()
             our_optimizer.step()
 
-        def bf16(step):  # what train.precision: bf16 does around the forward pass
-            def wrapped():
-                with torch.autocast(device.type, dtype=torch.bfloat16):
-                    step()
-            return wrapped
+        def bf16(step):
+            return under_bf16(step, device.type)
 
         profile_lines = profile_steps("a same-batch XE step", {"reference": reference_step, "ours": our_step},
                                       args.repeats) if args.profile else []
@@ -295,7 +275,7 @@ def main() -> None:
         batch_images = list(range(args.scst_images))
         pool = multiprocessing.Pool()  # as the reference's train_scst: one per epoch, two tokenizer runs per step
         cider_train = evaluation.Cider(evaluation.PTBTokenizer.tokenize(corpus))
-        scst_features, scst_boxes = features[:args.scst_images], num_boxes[:args.scst_images]
+        scst_features = features[:args.scst_images]
 
         def reference_scst_step():  # train.py's train_scst for one batch
             outs, log_probs = reference.beam_search(scst_features, args.max_length, eos_ref, args.beam,

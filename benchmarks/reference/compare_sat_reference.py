@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,18 +28,10 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks.common import append_results  # noqa: E402
+from benchmarks.common import append_results, timed, under_bf16  # noqa: E402
 from captioner.models.sat import SATConfig, ShowAttendTell  # noqa: E402
 from captioner.training.reinforce import HardAttention  # noqa: E402
 from pipeline.config import defaults  # noqa: E402
-
-
-def timed(function, repeats: int) -> float:
-    function()  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        function()
-    return (time.perf_counter() - start) / repeats
 
 
 def flops(function) -> int:
@@ -115,16 +106,10 @@ def main() -> None:
         loss.backward()
         hard_optimizer.step()
 
-    def bf16(step):  # what train.precision: bf16 does around the step
-        def wrapped():
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                step()
-        return wrapped
-
     flops_ref = flops(lambda: reference_loss().backward())
     flops_ours = flops(lambda: ours.loss(grid, captions).loss.backward())
     ref_s, ours_s = timed(reference_step, args.repeats), timed(our_step, args.repeats)
-    ref_bf16, ours_bf16 = timed(bf16(reference_step), args.repeats), timed(bf16(our_step), args.repeats)
+    ref_bf16, ours_bf16 = timed(under_bf16(reference_step), args.repeats), timed(under_bf16(our_step), args.repeats)
     hard_s = timed(hard_step, args.repeats)
 
     append_results("SAT: our training step vs sgrvinod's tutorial (equal layers and sizes)", [

@@ -15,10 +15,8 @@ import torch.nn.functional as F
 
 class Dropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0 or x.device.type != "cpu" or self.inplace:
+        if not self.training or self.p in (0.0, 1.0) or x.device.type != "cpu" or self.inplace:
             return F.dropout(x, self.p, self.training, self.inplace)
-        if self.p == 1.0:
-            return x * 0.0
         # float32 draws whatever x's dtype: a bf16 draw could not hold p exactly
         keep = torch.rand(x.shape, device=x.device) >= self.p
         return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))

@@ -12,7 +12,8 @@ Padded regions are masked by ``num_boxes``. ``reference_compat=True`` reproduces
 implementation instead: its padding mask is computed on the projected features, which is in practice
 never set, so padded regions are attended; its positional table is whatever the checkpoint holds.
 Incremental decoding caches each self-attention layer's keys/values and the per-image cross-attention
-keys/values, so a beam step costs one token, not the whole prefix.
+keys/values, so a beam step costs one token, not the whole prefix. Teacher forcing runs the position-wise layers on
+real positions only (:class:`Packing`): the padded rows of captions and, when masked, of regions are never computed.
 """
 
 from __future__ import annotations

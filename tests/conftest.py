@@ -1,10 +1,15 @@
 import os
 
-import pytest
-from filelock import FileLock
+# one torch thread per test process: pytest-xdist's workers already fill the cores, so a second thread only spins
+# waiting for one (gpu_check's smoke run: 28 CPU-s with two threads, 23 with one, alone; more under load). Set before
+# torch is imported; subprocesses inherit it, and the workflow's jobs set their own from the config.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from tests.training_helpers import make_caption_set
-from tests.workflow_helpers import copy_workflow, snakemake
+import pytest  # noqa: E402
+from filelock import FileLock  # noqa: E402
+
+from tests.training_helpers import make_caption_set  # noqa: E402
+from tests.workflow_helpers import copy_workflow, snakemake  # noqa: E402
 
 
 def built_once(tmp_path_factory, name: str, build):

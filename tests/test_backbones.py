@@ -22,7 +22,15 @@ from features.config import TimmGridConfig, recorded_extractor
 from features.store.reader import FeatureStore
 from features.timm_grid import build, create
 from tests.http_server import Server
-from tests.workflow_helpers import PROJECT, TINY_CONFIG, copy_workflow, environment, snakemake
+from tests.workflow_helpers import (
+    PROJECT,
+    TINY_CONFIG,
+    clone_run,
+    copy_workflow,
+    environment,
+    planned_jobs,
+    snakemake,
+)
 
 RUN = "results/tiny"
 
@@ -46,14 +54,17 @@ def backbone_config(workdir, weights_url: str) -> dict:
 
 
 @pytest.mark.slow
-def test_m2_and_sat_on_a_timm_grid_beside_m2_on_regions(tmp_path):
+def test_m2_and_sat_on_a_timm_grid_beside_m2_on_regions(finished_run, tmp_path):
     server = Server()
     try:
         weights = tiny_vit_weights()
         server.files["test_vit/model.safetensors"] = weights
-        workdir = copy_workflow(tmp_path / "project")
+        # a backbone and two experiments on it added to a finished run: m2_xe on regions is kept, not retrained
+        workdir = clone_run(finished_run, tmp_path / "project")
         url = f"{server.url}/test_vit/model.safetensors"
         (workdir / "vit.yaml").write_text(yaml.safe_dump(backbone_config(workdir, url)))
+        planned = planned_jobs(workdir, configfile="vit.yaml")
+        assert planned["train"] == 2 and planned["extract_features"] == 1, planned  # the two on the ViT's grid
         snakemake(workdir, configfile="vit.yaml")
 
         # the weights: fetched by rule timm_weights, their first download's digest pinned beside the config

@@ -202,17 +202,20 @@ def test_images_are_fetched_per_url_and_failures_listed(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_demo_nocaps_set_runs_through_the_dag_to_the_per_domain_table(tmp_path):
+def test_the_demo_nocaps_set_runs_through_the_dag_to_the_per_domain_table(finished_run, tmp_path):
     import yaml
 
-    from tests.workflow_helpers import TINY_CONFIG, copy_workflow, planned_jobs, snakemake
+    from tests.workflow_helpers import TINY_CONFIG, clone_run, planned_jobs, snakemake
 
-    workdir = copy_workflow(tmp_path / "project")
+    # nocaps added to a finished run: its models are scored on the new set, not retrained
+    workdir = clone_run(finished_run, tmp_path / "project")
     config = yaml.safe_load((workdir / TINY_CONFIG).read_text())
     config["models"] = {"sat_soft": {}, "m2_xe": {}}
     config["evaluate"].update(attention_maps=0, metrics=["bleu", "cider"],
                               nocaps={"source": "demo", "demo": {"seed": 2, "num_images": 24}})
     (workdir / "nocaps.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    planned = planned_jobs(workdir, configfile="nocaps.yaml")
+    assert not {"train", "demo_data", "prepare_text"} & set(planned) and planned["score_nocaps"] == 2, planned
     snakemake(workdir, configfile="nocaps.yaml")
     run = workdir / "results/tiny"
     rows = list(csv.DictReader(io.StringIO((run / "tables/nocaps.csv").read_text())))

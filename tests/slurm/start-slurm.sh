@@ -71,7 +71,8 @@ for _ in $(seq 100); do mariadb -e 'select 1' >/dev/null 2>&1 && break; sleep 0.
 mariadb -e 'select 1' >/dev/null || { log "MariaDB did not start, see $STATE/logs/mariadb.log"; exit 4; }
 
 # ---------------------------------------------------------------------------------------------------- SLURM config
-CPUS=$(nproc)
+# the cores here: nproc obeys OMP_NUM_THREADS, which the tests set to 1
+CPUS=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 MEMORY=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
 for i in $(seq 0 $((GPUS - 1))); do
     [ -c "$STATE/gpu$i" ] || mknod "$STATE/gpu$i" c 1 3  # character devices (clones of /dev/null) stand in for GPUs

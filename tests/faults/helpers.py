@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import json
 import subprocess
 import sys
@@ -25,6 +28,22 @@ def extract_command(karpathy_json: Path, image_root: Path, out: Path, image_size
             "extractor": {"backbone": "resnet18", "weights": "none", "image_size": image_size, "grid_size": grid_size}}
     return [sys.executable, "-m", "features", "job", "extract", "--spec", json.dumps(spec), "--manifest",
             str(manifest_for(karpathy_json)), "--image-root", str(image_root), "--out", str(out)]
+
+
+def run_in_process(command: list[str]) -> subprocess.CompletedProcess:
+    """``command`` (``python -m PACKAGE ...``) run by this test process: the package's ``main`` with stdout and
+    stderr captured, and the exit status it returns. It saves the new process's Python and torch start (~2.5 CPU-s
+    a command) where what is tested is what the command does and says; how a process ends (signals, ``os._exit``
+    after a failed store write, native libraries' own output) needs the real process: ``subprocess.run``."""
+    assert command[:2] == [sys.executable, "-m"], command
+    main = importlib.import_module(f"{command[2]}.__main__").main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main(command[3:])
+        except SystemExit as exit:  # argparse's own errors
+            status = exit.code if isinstance(exit.code, int) else 1
+    return subprocess.CompletedProcess(command, status, out.getvalue(), err.getvalue())
 
 
 def clean_error(result: subprocess.CompletedProcess, *names: str, native_noise_before: bool = False) -> str:

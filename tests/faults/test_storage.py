@@ -18,7 +18,7 @@ import torch
 from captioner.data.demo import generate
 from captioner.training.trainer import Trainer, TrainingError
 from features.store.reader import FeatureStore
-from tests.faults.helpers import clean_error, extract_command
+from tests.faults.helpers import clean_error, extract_command, run_in_process
 from tests.training_helpers import HPARAMS, train_command
 
 
@@ -90,7 +90,7 @@ def decode_command(checkpoint: Path, data: Path, out: Path, features: Path | Non
 @pytest.fixture(scope="module")
 def trained(caption_set, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("trained")
-    subprocess.run(train_command(caption_set, out, dict(HPARAMS, epochs=1)), check=True, capture_output=True)
+    assert run_in_process(train_command(caption_set, out, dict(HPARAMS, epochs=1))).returncode == 0
     return out / "checkpoint.pt"
 
 
@@ -101,16 +101,14 @@ def test_damaged_checkpoint_is_named_by_decode_and_resume(caption_set, trained, 
               "not_a_checkpoint": b"PK\x03\x04 not really a zip"}[damage]
     checkpoint = tmp_path / "checkpoint.pt"
     checkpoint.write_bytes(broken)
-    result = subprocess.run(decode_command(checkpoint, caption_set, tmp_path / "predictions.json"),
-                            capture_output=True, text=True, check=False)
+    result = run_in_process(decode_command(checkpoint, caption_set, tmp_path / "predictions.json"))
     clean_error(result, str(checkpoint))
     assert not (tmp_path / "predictions.json").exists()
 
     out_dir = tmp_path / "run"  # a damaged last.pt is refused, not half-loaded
     out_dir.mkdir()
     (out_dir / "last.pt").write_bytes(broken)
-    result = subprocess.run(train_command(caption_set, out_dir, HPARAMS), capture_output=True, text=True,
-                            check=False)
+    result = run_in_process(train_command(caption_set, out_dir, HPARAMS))
     clean_error(result, str(out_dir / "last.pt"))
     assert (out_dir / "last.pt").read_bytes() == broken  # kept for inspection, not overwritten
 
@@ -131,14 +129,12 @@ def test_damaged_store_is_named_by_training_and_decoding(caption_set, trained, t
                 offset = handle["features"].id.get_chunk_info(row).byte_offset
                 raw[offset:offset + 128] = b"\xff" * 128  # 0xffffffff is a NaN in float32
         store.write_bytes(bytes(raw))
-    result = subprocess.run(train_command(caption_set, tmp_path / "out", HPARAMS, features=store),
-                            capture_output=True, text=True, check=False)
+    result = run_in_process(train_command(caption_set, tmp_path / "out", HPARAMS, features=store))
     line = clean_error(result, str(store))
     if damage == "garbage_chunk":
         assert "non-finite" in line and "5" in line
     assert not (tmp_path / "out/checkpoint.pt").exists()
-    result = subprocess.run(decode_command(trained, caption_set, tmp_path / "p.json", features=store),
-                            capture_output=True, text=True, check=False)
+    result = run_in_process(decode_command(trained, caption_set, tmp_path / "p.json", features=store))
     line = clean_error(result, str(store))
     if damage == "garbage_chunk":
         assert "non-finite" in line and "55" in line
@@ -152,11 +148,9 @@ def test_non_finite_stored_feature_names_the_image(caption_set, tmp_path, value)
     with h5py.File(store, "r+") as handle:  # damage after writing: the writer itself refuses NaN/Inf
         row = int(np.nonzero(handle["image_ids"][:] == 17)[0][0])
         handle["features"][row, 1, 2] = value
-    result = subprocess.run(train_command(caption_set, tmp_path / "out", HPARAMS, features=store),
-                            capture_output=True, text=True, check=False)
+    result = run_in_process(train_command(caption_set, tmp_path / "out", HPARAMS, features=store))
     clean_error(result, "non-finite", "17", str(store))
-    verify = subprocess.run([sys.executable, "-m", "features", "verify", str(store)], capture_output=True,
-                            text=True, check=False)
+    verify = run_in_process([sys.executable, "-m", "features", "verify", str(store)])
     assert verify.returncode == 1 and "17" in verify.stdout
 
 
@@ -184,6 +178,6 @@ def test_caption_id_missing_from_the_store_fails_before_training(caption_set, tm
     (tmp_path / "captions.json").write_text(json.dumps(captions))
     command = train_command(caption_set, tmp_path / "out", HPARAMS)
     command[command.index("--captions") + 1] = str(tmp_path / "captions.json")
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = run_in_process(command)
     clean_error(result, "image id 4242", str(caption_set / "grid.h5"))
     assert not (tmp_path / "out").exists()

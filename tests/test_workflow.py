@@ -334,7 +334,7 @@ def test_caption_cli_on_a_demo_image(finished_run, tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    from captioner.__main__ import main as captioner_main
+    from tests.faults.helpers import run_in_process
 
     images = sorted((finished_run / RUN / "dataset/images").glob("*.jpg"))[:2]
     boxes = json.loads((finished_run / RUN / "dataset/boxes.json").read_text())
@@ -345,13 +345,18 @@ def test_caption_cli_on_a_demo_image(finished_run, tmp_path, monkeypatch):
 
     # the command's own code in this process (each `python -m captioner caption` costs a torch and torchvision
     # import, ~4 CPU-s); the last case below runs it as a command, where its exit status and stderr are the point
+    def captioned(arguments):
+        result = run_in_process([sys.executable, "-m", "captioner", *arguments])
+        assert result.returncode == 0, result.stderr
+        return result
+
     def caption(model, paths, boxes_by_name=None):
         out = tmp_path / f"{model}.{len(paths)}.{paths[0].name}.json"
         arguments = ["caption", "--model", checkpoint(model), *map(str, paths), "--beam-size", "2", "--out", str(out)]
         if boxes_by_name is not None:  # trained on given boxes: the caller supplies them, keyed by file name
             (tmp_path / "boxes.json").write_text(json.dumps(boxes_by_name))
             arguments += ["--boxes", str(tmp_path / "boxes.json")]
-        assert captioner_main(arguments) == 0
+        captioned(arguments)
         return json.loads(out.read_text())
 
     for model in ("sat_soft", "m2_xe"):
@@ -368,8 +373,8 @@ def test_caption_cli_on_a_demo_image(finished_run, tmp_path, monkeypatch):
 
     # the demo's own boxes.json, keyed by image id (the number ending each file name), serves as it is
     (tmp_path / "by_id.json").write_text(json.dumps(boxes))
-    assert captioner_main(["caption", "--model", checkpoint("m2_xe"), str(images[0]), "--beam-size", "2",
-                           "--boxes", str(tmp_path / "by_id.json")]) == 0
+    captioned(["caption", "--model", checkpoint("m2_xe"), str(images[0]), "--beam-size", "2",
+               "--boxes", str(tmp_path / "by_id.json")])
 
     # bad images: every one named (fail, the default, after captioning the rest) or listed with its reason (skip)
     from PIL import Image
@@ -382,7 +387,7 @@ def test_caption_cli_on_a_demo_image(finished_run, tmp_path, monkeypatch):
         arguments = ["caption", "--model", checkpoint("sat_soft"), str(images[0]), str(truncated), str(bomb),
                      "--beam-size", "2", "--out", str(out), "--on-error", on_error]
         if on_error == "skip":
-            assert captioner_main(arguments) == 0
+            captioned(arguments)
         else:
             result = subprocess.run([sys.executable, "-m", "captioner", *arguments], capture_output=True, text=True,
                                     env=environment(), cwd=finished_run)
